@@ -1,0 +1,1 @@
+"""The work of refusal-atlas: plain functions, plus thin Prefect task entry points."""
