@@ -1,0 +1,51 @@
+"""Settings of the evaluation of cluster directions against the baseline and random controls."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvalSettings(BaseModel):
+    """How cluster directions, the difference-in-means baseline and random controls are tested.
+
+    f and the log-odds (one forward pass per batch) are the cheap measures and always run.
+    Greedy generation is the slow part on a CPU, so its prompt count and length are small by
+    default; set n_generate to 0 to skip it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Induce scale. A unit direction c is added at its layer, at every position, as "
+            "alpha * s * c, where s is the mean ||h_0|| of the harmless evaluation prompts at that "
+            "layer and position (the norm the engine's effect probe is relative to). Every "
+            "direction at a layer (cluster, baseline, random) gets the same norm."
+        ),
+    )
+    n_random: int = Field(5, ge=0, le=100, description="Random unit directions per layer, as controls.")
+    n_harmless: int = Field(
+        32, ge=1, description="Harmless prompts (a seeded sample) for induce and side effects."
+    )
+    n_harmful: int = Field(32, ge=1, description="Harmful prompts (a seeded sample) for bypass.")
+    n_generate: int = Field(
+        8,
+        ge=0,
+        description="Of those, how many are also answered by greedy generation per direction (0: none).",
+    )
+    max_new_tokens: int = Field(24, ge=1, le=512, description="Tokens generated per reply.")
+    batch_size: int = Field(16, ge=1, le=512, description="Prompts per forward pass.")
+    n_specificity: int = Field(
+        8,
+        ge=1,
+        description="Member prompts per cluster (its exemplars first) for the specificity matrix.",
+    )
+    substring_list: Literal["jailbreakbench_arditi", "gcg_advbench"] = Field(
+        "jailbreakbench_arditi", description="Which published refusal-substring list the substring judge uses."
+    )
+    n_examples: int = Field(2, ge=0, le=16, description="Generated replies kept per direction for the report.")
+    seed: int = Field(0, description="Seed for prompt samples and random control directions.")

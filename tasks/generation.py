@@ -1,0 +1,121 @@
+"""Greedy batched generation and first-reply-token distributions, with an optional intervention.
+
+Prompts are left padded so every row's last prompt token sits at the same column and the next
+token of every row is generated together; position ids follow the attention mask, so padding
+shifts nothing. Greedy decoding on fixed batches is deterministic. An intervention is a
+callable returning a context manager (e.g. `lambda: add_to_residual(model, 18, v)`): every
+forward pass of the batch, prompt and generated tokens alike, runs inside it.
+
+Shapes: B rows, T padded prompt length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+
+Intervention = Callable[[], AbstractContextManager] | None
+#: Tokens that end a reply besides the tokenizer's eos, when the vocabulary has them.
+_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>")
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [B, T] and attention mask [B, T] with each sequence right-aligned."""
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("an empty prompt cannot be generated from; every prompt needs at least one token.")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(list(seq), device=device)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """Token ids that end a reply: eos and the chat end-of-turn tokens the vocabulary has."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in _END_TOKENS if t in vocab)
+    return ids
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def intervened(intervention: Intervention) -> AbstractContextManager:
+    """The intervention's context, or a context that does nothing."""
+    return intervention() if intervention is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def first_token_log_probs(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 16,
+    intervention: Intervention = None,
+) -> torch.Tensor:
+    """log P(first reply token) [n, V] (float32) for rendered prompts that end where the reply
+    begins (the chat template's generation prompt)."""
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = left_pad(sequences[start: start + batch_size], pad_id, _device(model))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with intervened(intervention):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    tokenizer,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+    intervention: Intervention = None,
+) -> list[str]:
+    """Greedy replies (decoded, special tokens dropped) to rendered prompts, in input order."""
+    stops = torch.tensor(sorted(stop_ids(tokenizer)), dtype=torch.long)
+    replies: list[str] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start: start + batch_size]
+        with intervened(intervention):
+            tokens = _generate_batch(model, batch, pad_id, max_new_tokens, stops)
+        replies.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens)
+    return replies
+
+
+def _generate_batch(model, batch, pad_id: int, max_new_tokens: int, stops: torch.Tensor) -> list[list[int]]:
+    """New token ids per row, up to (not including) the first stop token."""
+    device = _device(model)
+    ids, mask = left_pad(batch, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    stops = stops.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache = out.cache
+    done = torch.zeros(len(batch), dtype=torch.bool, device=device)
+    generated: list[list[int]] = [[] for _ in batch]
+    logits = out.logits[:, -1]
+    for _ in range(max_new_tokens):
+        token = logits.argmax(dim=-1)  # [B]
+        for row in (~done).nonzero().flatten().tolist():
+            if bool(torch.isin(token[row], stops)):
+                done[row] = True
+            else:
+                generated[row].append(int(token[row]))
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        cache = out.cache
+        logits = out.logits[:, -1]
+    return generated
