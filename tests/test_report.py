@@ -1,0 +1,113 @@
+"""The report: every section present, valid PNG data URIs, findings that state what was found."""
+
+import base64
+import dataclasses
+import io
+import re
+
+import numpy as np
+import pytest
+
+from tasks.cluster import cluster_directions
+from tasks.cluster_metrics import compute_metrics
+from tasks.eval_settings import EvalSettings
+from tasks.evaluate import BaseMeasures, DirectionEffect, EvaluationResult, Specificity
+from tasks.judge import summarise
+from tasks.report import ReportInputs, build_report, findings, write_report
+from tasks.settings import ClusterSettings
+from tests.test_cluster_support import planted
+
+
+def _effect(name, kind, induce, bypass, cluster=None):
+    return DirectionEffect(
+        name=name, kind=kind, layer=18, cluster=cluster, scale=2.0, induce_df=induce, induce_df_sem=0.1,
+        induce_dlog_odds=induce / 2, induce_substring=0.25, induce_strict=0.125, induce_kinds={"compliance": 8},
+        bypass_df=bypass, bypass_df_sem=0.1, bypass_dlog_odds=bypass / 2, bypass_substring=0.0, bypass_strict=0.0,
+        bypass_kinds={"compliance": 8}, kl_ablate=0.01, kl_ablate_max=0.05,
+        induce_examples=["I'm sorry <b>"], bypass_examples=["Sure"])
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    x, truth, _ = planted(n=600, dim=64, k=3, seed=2)
+    settings = ClusterSettings(bootstraps=2, pca_dim=16)
+    comparison = cluster_directions(x, settings, row_layer=np.full(600, 18))
+    categories = [f"topic {t}" if t >= 0 else None for t in truth]
+    metrics = {s: compute_metrics(comparison.space(s), settings, categories) for s in ("raw", "residual")}
+    k = comparison.result.n_clusters
+    effects = [_effect(f"cluster {i}", "cluster", 1.0 + i, -0.5, i) for i in range(k)]
+    effects += [_effect("diff-in-means", "baseline", 1.5, -0.2), _effect("random 0", "random", 0.1, 0.0),
+                _effect("random 1", "random", -0.1, 0.05)]
+    evaluation = EvaluationResult(
+        settings=EvalSettings(),
+        base=BaseMeasures(-9.0, -8.0, -7.0, -6.0, summarise(["Sure."] * 8), summarise(["Sure."] * 8),
+                          32, 32, 8, ["Sure."], ["Sure."]),
+        effects=effects,
+        specificity=Specificity(np.arange((k + 2) * k, dtype=float).reshape(k + 2, k),
+                                [f"cluster {i}" for i in range(k)] + ["diff-in-means", "random (mean)"],
+                                [f"cluster {i}" for i in range(k)], [8] * k),
+        scales={18: 2.0},
+    )
+    texts = [f"prompt <{i}> about | topic {t}" for i, t in enumerate(truth)]
+    effect = np.random.default_rng(0).normal(size=(600, 3))
+    return ReportInputs(comparison, metrics, texts, categories, effect, [12, 18, 24],
+                        np.full(600, 18), evaluation, details={"store": "atlas.zarr"})
+
+
+def _pngs(document: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", document)]
+
+
+def test_html_report_has_every_section_and_valid_embedded_pngs(inputs, tmp_path):
+    report = build_report(inputs)
+    page = report.html
+    for section in ("Findings", "Raw and residual clustering side by side", "Clusters",
+                    "Evaluation against the difference-in-means baseline and random controls", "Example replies",
+                    "Figures", "Settings"):
+        assert f">{section}</h2>" in page, section
+    images = _pngs(page)
+    assert set(report.images) == {"projection", "cosines", "specificity", "effect_by_layer"}
+    assert len(images) == 4
+    import matplotlib.image
+
+    for png in images:
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert matplotlib.image.imread(io.BytesIO(png), format="png").ndim == 3
+    # Text is escaped, so prompts cannot inject markup.
+    assert "prompt &lt;" in page and "I&#x27;m sorry &lt;b&gt;" in page and "sorry <b>" not in page
+    path = write_report(report, tmp_path / "out" / "report.html")
+    assert path.read_text(encoding="utf-8") == page
+
+
+def test_markdown_twin_and_table_rows(inputs):
+    report = build_report(inputs)
+    md = report.markdown
+    assert md.startswith("# refusal-atlas") and "## Findings" in md and "| metric | raw | residual |" in md
+    # Cells escape pipes and angle brackets.
+    assert len(_pngs(md)) == 4 and re.search(r"prompt &lt;\d+&gt; about \\\| topic", md)
+    k = inputs.comparison.result.n_clusters
+    rows = report.cluster_rows
+    assert {r["space"] for r in rows} == {"raw", "residual"}
+    chosen = [r for r in rows if r["space"] == "residual"]
+    assert len(chosen) == k and sum(r["size"] for r in chosen) == (inputs.comparison.residual.labels >= 0).sum()
+    assert all(r["layer"] == 18 and r["top_categories"].startswith("topic") for r in chosen)
+    assert [r["induce_df"] for r in chosen] == [1.0 + i for i in range(k)]
+
+
+def test_findings_state_counts_and_comparisons(inputs):
+    text = findings(inputs)
+    m = inputs.metrics
+    assert text[0].startswith(f"raw directions: {m['raw'].n_clusters} clusters")
+    assert f"residual (common direction removed): {m['residual'].n_clusters} clusters" in text[0]
+    joined = " ".join(text)
+    assert "Against dataset categories" in joined
+    k = inputs.comparison.result.n_clusters
+    assert f"{k} of {k} cluster directions beat every random control" in joined
+    assert "difference-in-means 1.500" in joined
+
+
+def test_findings_say_when_everything_is_noise(inputs):
+    noisy = {s: dataclasses.replace(m, n_clusters=0, noise_share=1.0) for s, m in inputs.metrics.items()}
+    text = findings(dataclasses.replace(inputs, metrics=noisy, evaluation=None))
+    assert text[0] == ("raw directions: 0 clusters, all 600 points noise; "
+                       "residual (common direction removed): 0 clusters, all 600 points noise.")
