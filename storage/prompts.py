@@ -1,0 +1,173 @@
+"""Prompt records as the store takes them, and the cached prompt id -> row lookup.
+
+Reading the ``prompt_id`` array costs one chunk read per row (one row per chunk), so the lookup
+is built once per process and store, kept in a module-level cache keyed by the store's URI and
+UUID, and extended by reading only the rows appended since (rows are only ever appended).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.layout import LABELS, PER_PROMPT
+from storage.rowio import contiguous_runs, run_sync, write_runs
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt to register. ``id`` is its content-hash id; ``label`` is harmful/harmless/''."""
+
+    id: str
+    text: str
+    label: str = ""
+    category: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"prompt id {self.id!r} must be a non-empty string")
+        if not isinstance(self.text, str):
+            raise ValueError(f"prompt {self.id}: text must be a string, got {type(self.text).__name__}")
+        if self.label not in LABELS:
+            raise ValueError(f"prompt {self.id}: label {self.label!r} is not one of {LABELS}")
+
+    @property
+    def text_sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def as_record(item) -> PromptRecord:
+    """Accept a ``PromptRecord``, a mapping or any object with the same fields.
+
+    The id may be called ``id`` or ``prompt_id``; a missing or None label/category/source is ''.
+    """
+    if isinstance(item, PromptRecord):
+        return item
+
+    def get(*names: str):
+        for name in names:
+            value = item.get(name) if isinstance(item, Mapping) else getattr(item, name, None)
+            if value is not None:
+                return value
+        return None
+
+    return PromptRecord(
+        id=get("id", "prompt_id"),
+        text=get("text"),
+        label=get("label") or "",
+        category=get("category") or "",
+        source=get("source") or "",
+    )
+
+
+def unique_records(records: Iterable) -> list[PromptRecord]:
+    """Records in first-seen order without repeats; the same id with two texts is an error."""
+    seen: dict[str, PromptRecord] = {}
+    for item in records:
+        record = as_record(item)
+        earlier = seen.get(record.id)
+        if earlier is None:
+            seen[record.id] = record
+        elif earlier.text != record.text:
+            raise ValueError(
+                f"prompt id {record.id} is given twice with different texts; ids must be "
+                "content hashes of the text"
+            )
+    return list(seen.values())
+
+
+class PromptIndex:
+    """prompt id -> row, for rows ``[0, n_read)`` of the ``prompt_id`` array.
+
+    Rows whose id is '' are *vacant*: a registration that was interrupted after growing the
+    arrays but before writing the ids leaves them, and the next registration fills them first.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.rows: dict[str, int] = {}
+        self.vacant: list[int] = []
+        self.n_read = 0
+
+    def update(self, prompt_id_array, n_rows: int) -> None:
+        """Read the ids the index does not hold yet (all of them if there are vacant rows)."""
+        with self.lock:
+            if self.vacant:
+                self.rows, self.vacant, self.n_read = {}, [], 0
+            if n_rows <= self.n_read:
+                return
+            ids = prompt_id_array[self.n_read : n_rows].tolist()
+            for offset, prompt_id in enumerate(ids):
+                row = self.n_read + offset
+                if prompt_id:
+                    self.rows[prompt_id] = row
+                else:
+                    self.vacant.append(row)
+            self.n_read = n_rows
+
+    def assign(self, count: int, n_rows: int) -> tuple[list[int], list[int], int]:
+        """Rows for ``count`` new prompts: vacant rows first, then rows appended after ``n_rows``.
+
+        Rows between ``n_read`` and ``n_rows`` (arrays grown by an interrupted registration
+        whose ids were never written) count as vacant too. Returns (rows, rows still vacant,
+        new row count).
+        """
+        free = self.vacant + list(range(self.n_read, n_rows))
+        reused, still_vacant = free[:count], free[count:]
+        appended = list(range(n_rows, n_rows + count - len(reused)))
+        return reused + appended, still_vacant, n_rows + len(appended)
+
+    def add(self, ids: list[str], rows: list[int], vacant: list[int], n_rows: int) -> None:
+        """Record a finished registration (the results of ``assign``)."""
+        with self.lock:
+            self.rows.update(zip(ids, rows))
+            self.vacant = list(vacant)
+            self.n_read = n_rows
+
+
+def append_prompts(arrays: Mapping[str, object], index: PromptIndex, new: list[PromptRecord]) -> None:
+    """Give ``new`` (records not in ``index``) rows and write their prompt table entries.
+
+    Caller holds the run lock. Order: grow every per-prompt array with one resize each (only
+    metadata is written; no existing chunk is touched), write the table columns of the new rows,
+    write their ids last (a row is registered once its id is there), then update the index.
+    """
+    n_max = max(arrays[a.name].shape[0] for a in PER_PROMPT)
+    rows, vacant, n_new = index.assign(len(new), n_max)
+    growing = [arrays[a.name] for a in PER_PROMPT if arrays[a.name].shape[0] < n_new]
+
+    async def resize_all() -> None:
+        await asyncio.gather(*(a.async_array.resize((n_new, *a.shape[1:])) for a in growing))
+
+    run_sync(resize_all())
+    order = np.argsort(rows)
+    rows = np.asarray(rows, dtype=np.int64)[order]
+    new = [new[i] for i in order]
+    columns = {
+        "text": [r.text for r in new],
+        "text_sha256": [r.text_sha256 for r in new],
+        "label": [r.label for r in new],
+        "category": [r.category for r in new],
+        "source": [r.source for r in new],
+    }
+    runs = contiguous_runs(rows)
+    run_sync(write_runs([(arrays[k], np.asarray(v, dtype=object)) for k, v in columns.items()], runs))
+    ids = [r.id for r in new]
+    run_sync(write_runs([(arrays["prompt_id"], np.asarray(ids, dtype=object))], runs))
+    index.add(ids, rows.tolist(), vacant, n_new)
+
+
+_cache_guard = threading.Lock()
+_indexes: dict[tuple[str, str], PromptIndex] = {}
+
+
+def shared_index(uri: str, store_uuid: str) -> PromptIndex:
+    """The process-wide index of one store (the UUID keeps a recreated store from reusing it)."""
+    with _cache_guard:
+        return _indexes.setdefault((uri, store_uuid), PromptIndex())

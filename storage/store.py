@@ -1,0 +1,319 @@
+"""``AtlasStore``: open or create an atlas store, register prompts, write rows, read them back.
+
+Concurrency model: any number of threads or processes may write *disjoint* rows at once with no
+lock (every per-prompt array has one row per chunk and no shards). Registering prompts grows the
+arrays and is single-writer: it takes the store's run lock (lock.py). Group-level writes
+(concept vectors, cluster runs) are made by one writer and marked complete last (groups.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from storage import clusters as _clusters
+from storage import concept as _concept
+from storage import read as _read
+from storage.errors import StoreError
+from storage.layout import (
+    ATTRS_KEY,
+    CLUSTERS_GROUP,
+    PER_PROMPT,
+    PROMPT,
+    STATUS_DONE,
+    STATUS_FAILED,
+    sizes_for,
+)
+from storage.lock import run_lock
+from storage.metadata import consolidate, ensure_store, reconsolidate_if_present
+from storage.prompts import append_prompts, shared_index, unique_records
+from storage.rowio import check_row_data, mark_failed_async, run_sync, write_rows_async
+from storage.spec import StoreSpec, canonical_json, read_provenance
+from storage.uri import StoreLocation, parse_location
+
+
+class AtlasStore:
+    """One atlas store. Make it with ``create_or_open`` (pipelines) or ``open`` (readers)."""
+
+    def __init__(self, location: StoreLocation, mode: str) -> None:
+        """Private: use ``AtlasStore.create_or_open`` or ``AtlasStore.open``."""
+        self.location = location
+        self.read_only = mode == "r"
+        self._store = location.zarr_store(read_only=self.read_only)
+        self.refresh()
+        self.provenance = read_provenance(self._root.attrs, location.uri)
+        self.spec = StoreSpec.from_attrs(self.provenance)
+        self._index = shared_index(location.uri, self.store_uuid)
+
+    # ----- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def create_or_open(cls, uri: str | os.PathLike, spec: StoreSpec, *, lock_timeout: float = 30.0) -> AtlasStore:
+        """Open the store at ``uri`` for writing, creating it from ``spec`` if there is none.
+
+        An existing store must match ``spec`` (model fingerprint, position, layers, method);
+        otherwise ``StoreMismatchError`` says what differs. A newer schema: ``StoreSchemaError``.
+        """
+        location = parse_location(uri)
+        with run_lock(location, lock_timeout):
+            ensure_store(location, spec)
+        return cls(location, "r+")
+
+    @classmethod
+    def open(cls, uri: str | os.PathLike, mode: str = "r") -> AtlasStore:
+        """Open an existing store: ``mode="r"`` to read, ``"r+"`` to write rows without a spec."""
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
+        location = parse_location(uri)
+        try:
+            return cls(location, mode)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no refusal-atlas store at {location.uri}; create one with "
+                "AtlasStore.create_or_open(uri, spec)"
+            ) from None
+
+    def refresh(self) -> None:
+        """Re-read the metadata (array shapes), e.g. after another process registered prompts."""
+        import zarr
+
+        # Writers never read consolidated metadata: it may predate another process's resize.
+        consolidated = None if self.read_only else False
+        self._root = zarr.open_group(self._store, mode="r" if self.read_only else "r+",
+                                     use_consolidated=consolidated)
+        self._arrays = dict(self._root.arrays())
+
+    # ----- provenance ----------------------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri
+
+    @property
+    def store_uuid(self) -> str:
+        return self.provenance["store_uuid"]
+
+    @property
+    def layers(self) -> np.ndarray:
+        """Model layer index of each position on the ``layer`` axis, int32 [layer]."""
+        return np.asarray(self.spec.layers, dtype=np.int32)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows every per-prompt array has (after an interrupted registration, the shortest)."""
+        return min(self._arrays[a.name].shape[0] for a in PER_PROMPT)
+
+    def _sizes(self, n_rows: int | None = None) -> dict[str, int]:
+        spec = self.spec
+        return sizes_for(self.n_rows if n_rows is None else n_rows, len(spec.layers), spec.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"AtlasStore({self.uri!r}, rows={self.n_rows}, model={self.spec.model_id!r})"
+
+    # ----- locking and registration --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 0.0) -> Iterator[None]:
+        """Hold the store's run lock (re-entrant). See lock.py: exclusive across processes on
+        local paths; on remote URLs only within this process (advisory)."""
+        with run_lock(self.location, timeout):
+            yield
+
+    def register_prompts(self, records: Iterable, *, lock_timeout: float = 30.0) -> dict[str, int]:
+        """Append the prompts not yet in the store; return id -> row for every given prompt.
+
+        ``records`` are ``PromptRecord``s, mappings or objects with id, text, label, category
+        and source. New rows are added with one resize per array; existing chunks are not
+        touched. Takes the run lock (waiting up to ``lock_timeout`` seconds).
+        """
+        self._writable()
+        records = unique_records(records)
+        with self.lock(lock_timeout):
+            self.refresh()
+            self._update_index()
+            new = [r for r in records if r.id not in self._index.rows]
+            if new:
+                append_prompts(self._arrays, self._index, new)
+                self._reconsolidate()
+        return {r.id: self._index.rows[r.id] for r in records}
+
+    def _update_index(self) -> None:
+        self._index.update(self._arrays["prompt_id"], self._arrays["prompt_id"].shape[0])
+
+    def row_of(self, prompt_id: str) -> int:
+        """The row of a registered prompt id (``KeyError`` if it is not registered)."""
+        self._update_index()
+        row = self._index.rows.get(prompt_id)
+        if row is None:
+            # Another process may have registered it since this one read the metadata.
+            self.refresh()
+            self._update_index()
+            row = self._index.rows.get(prompt_id)
+        if row is None:
+            raise KeyError(f"prompt id {prompt_id!r} is not registered in {self.uri}; "
+                           "call register_prompts first")
+        return row
+
+    def rows_of(self, prompt_ids: Iterable[str]) -> np.ndarray:
+        """Rows of several registered prompt ids, int64 [len(ids)]."""
+        return np.asarray([self.row_of(i) for i in prompt_ids], dtype=np.int64)
+
+    def prompt_ids(self, rows: Iterable[int] | None = None) -> np.ndarray:
+        """Prompt id of each row (all rows by default), object [n]; '' for a vacant row."""
+        self._update_index()
+        by_row = np.full(self.n_rows, "", dtype=object)
+        for prompt_id, row in self._index.rows.items():
+            if row < by_row.size:
+                by_row[row] = prompt_id
+        return by_row if rows is None else by_row[np.asarray(list(rows), dtype=np.int64)]
+
+    # ----- row writes and status -----------------------------------------------------------
+
+    def write_row(self, row: int, arrays: Mapping[str, Any]) -> None:
+        """Write one row's data (``{name: values}`` of that row's shape), then mark it done."""
+        self.write_rows([row], {k: np.asarray(v)[np.newaxis] for k, v in arrays.items()})
+
+    def write_rows(self, rows: Iterable[int], arrays: Mapping[str, Any]) -> None:
+        """Write many rows at once: ``arrays[name]`` is [len(rows), *row shape] in ``rows`` order.
+
+        Names are those of ``layout.ROW_DATA``. Every row's data is written before any row of
+        the batch is marked done; chunks are written concurrently, one chunk per row.
+        """
+        self._writable()
+        rows = self._checked_rows(rows)
+        checked = check_row_data(rows, arrays, self._sizes(), self.spec.layers)
+        order = np.argsort(rows)
+        data = {name: (self._arrays[name], values[order]) for name, values in checked.items()}
+        run_sync(write_rows_async(rows[order], data, self._arrays["status"], self._arrays["error"]))
+
+    def mark_failed(self, row: int, reason: str) -> None:
+        """Mark a row failed (status 2) with the reason; it is never done until rewritten."""
+        self._writable()
+        if not isinstance(reason, str) or not reason:
+            raise ValueError("give the reason the row failed as a non-empty string")
+        rows = self._checked_rows([row])
+        run_sync(mark_failed_async(rows, np.asarray([reason], dtype=object),
+                                   self._arrays["status"], self._arrays["error"]))
+
+    def _checked_rows(self, rows: Iterable[int]) -> np.ndarray:
+        rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64)
+        rows = rows.reshape(-1)
+        if np.unique(rows).size != rows.size:
+            raise ValueError("a row is given twice in one write")
+        if rows.size and rows.max() >= self.n_rows:
+            self.refresh()
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"rows must lie in 0..{self.n_rows - 1} (the registered rows); "
+                             "register the prompts first")
+        return rows
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.uri} is open read-only; open it with mode='r+' to write")
+
+    def status(self) -> np.ndarray:
+        """Status of every row, int8 [n_rows]: 0 pending, 1 done, 2 failed."""
+        return self._arrays["status"][: self.n_rows]
+
+    def done_rows(self) -> np.ndarray:
+        """Rows whose status is done, ascending int64."""
+        return np.flatnonzero(self.status() == STATUS_DONE).astype(np.int64)
+
+    def pending_rows(self, prompt_ids: Iterable[str], retry_failed: bool = True) -> np.ndarray:
+        """Rows of ``prompt_ids`` still to compute (not done; failed ones unless told not to)."""
+        rows = np.unique(self.rows_of(prompt_ids))
+        if rows.size == 0:
+            return rows
+        status = self._arrays["status"].get_orthogonal_selection((rows,))
+        todo = status != STATUS_DONE
+        if not retry_failed:
+            todo &= status != STATUS_FAILED
+        return rows[todo]
+
+    def errors(self) -> dict[int, str]:
+        """row -> reason, for the failed rows."""
+        failed = np.flatnonzero(self.status() == STATUS_FAILED)
+        if failed.size == 0:
+            return {}
+        reasons = self._arrays["error"].get_orthogonal_selection((failed,))
+        return dict(zip(failed.tolist(), reasons.tolist()))
+
+    def data_version(self) -> str:
+        """16 hex digits that change whenever the set of done rows (or the method) changes."""
+        done_ids = sorted(self.prompt_ids(self.done_rows()).tolist())
+        digest = hashlib.sha256(canonical_json({"store_uuid": self.store_uuid,
+                                                "method": self.spec.method}).encode())
+        for prompt_id in done_ids:
+            digest.update(prompt_id.encode() + b"\n")
+        return digest.hexdigest()[:16]
+
+    # ----- whole-group results -------------------------------------------------------------
+
+    def write_concept(self, **kwargs: Any) -> None:
+        """Write Option 2 vectors; see ``storage.concept.write_concept`` for the arguments."""
+        self._writable()
+        self.refresh()
+        _concept.write_concept(self._root, self._sizes(), **kwargs)
+        self._reconsolidate()
+
+    def read_concept(self):
+        """The complete ``concept`` group as an ``xarray.Dataset`` (``KeyError`` if none)."""
+        group = _concept.concept_group(self._root)
+        if group is None:
+            raise KeyError(f"{self.uri} has no complete concept vectors; run write_concept first")
+        ids = self.prompt_ids()
+        return _read.concept_dataset(group, self.layers, ids)
+
+    def write_cluster_run(self, name: str, arrays: Mapping[str, tuple], attrs: Mapping[str, Any]) -> None:
+        """Write the clustering run ``clusters/<name>``; see ``storage.clusters``."""
+        self._writable()
+        _clusters.write_cluster_run(self._root.require_group(CLUSTERS_GROUP), name, arrays, attrs)
+        self._reconsolidate()
+
+    def read_cluster_run(self, name: str) -> _clusters.ClusterRun:
+        """A complete clustering run (``KeyError`` if it is absent or half written)."""
+        return _clusters.read_cluster_run(self._clusters_group(), name)
+
+    def list_cluster_runs(self) -> list[str]:
+        """Names of the complete clustering runs."""
+        return _clusters.list_cluster_runs(self._clusters_group())
+
+    def _clusters_group(self):
+        if not self.read_only:
+            return self._root.require_group(CLUSTERS_GROUP)
+        return self._root[CLUSTERS_GROUP] if CLUSTERS_GROUP in self._root else None
+
+    # ----- reading -------------------------------------------------------------------------
+
+    def to_xarray(self, done_only: bool = True, rows_per_chunk: int = 256):
+        """The per-prompt arrays as an ``xarray.Dataset`` backed by Dask (see read.py)."""
+        status = self.status()
+        rows = np.flatnonzero(status == STATUS_DONE) if done_only else np.arange(status.size)
+        return _read.prompt_dataset(self._arrays, rows, self.layers, self.prompt_ids(),
+                                    rows_per_chunk, {ATTRS_KEY: self.provenance})
+
+    def dask_array(self, name: str, done_only: bool = True, rows_per_chunk: int = 256):
+        """One array (e.g. "direction" or "concept/direction") as a Dask array.
+
+        Per-prompt arrays are cut to the registered rows, and to the done rows if ``done_only``.
+        """
+        array = self._root[name]
+        rows = None
+        if array.metadata.dimension_names[:1] == (PROMPT,) and "/" not in name:
+            rows = self.done_rows() if done_only else np.arange(self.n_rows)
+        return _read.dask_rows(array, rows, rows_per_chunk)
+
+    def consolidate(self) -> None:
+        """Write consolidated metadata (one read opens the store), e.g. at the end of a run.
+
+        Later registrations and group writes re-consolidate, so the summary never goes stale.
+        """
+        consolidate(self._store)
+
+    def _reconsolidate(self) -> None:
+        reconsolidate_if_present(self._store)
