@@ -1,7 +1,7 @@
-"""The reference f(h): one prompt, one phrase at a time, the full sequence recomputed.
+"""The reference f(h): one prompt at a time, the full sequence recomputed at every step.
 
-This is the definition in DESIGN.md written as directly as possible, with no cache, padding or
-batching. The engine is tested against it and benchmarked against it; it is not used in runs.
+This is the definition in DESIGN.md written as directly as possible, with no cache, no tree
+and no batching across prompts. The engine is tested against it and benchmarked against it; it is not used in runs.
 """
 
 from __future__ import annotations
@@ -22,29 +22,34 @@ def naive_f(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """f at one prompt with layer `layer`'s output at h's position replaced by h ([D]).
 
-    Returns (f, h) as float32 tensors; f keeps its graph when h requires grad. With h None the
-    unmodified h_0 is read and returned.
+    One full forward pass whose rows are the prompt followed by each phrase (right padded).
+    Returns (f, h); f keeps its graph when h requires grad. With h None the unmodified h_0 is
+    read and returned.
     """
     device = next(model.parameters()).device
-    captured: dict[str, torch.Tensor] = {}
-    phrase_lp = []
-    for phrase in target.token_ids:
-        ids = torch.tensor([list(rendered.input_ids) + list(phrase[:-1])], device=device)
+    prompt = list(rendered.input_ids)
+    width = len(prompt) + target.max_len - 1
+    ids = torch.zeros((len(target.token_ids), width), dtype=torch.long, device=device)
+    targets = torch.full_like(ids, -1)
+    for row, phrase in enumerate(target.token_ids):
+        sequence = prompt + list(phrase[:-1])
+        ids[row, : len(sequence)] = torch.tensor(sequence, device=device)
         # Phrase token j is predicted at position len(prompt) - 1 + j.
-        targets = torch.full_like(ids, -1)
-        start = len(rendered.input_ids) - 1
-        targets[0, start: start + len(phrase)] = torch.tensor(phrase, device=device)
+        targets[row, len(prompt) - 1: len(prompt) - 1 + len(phrase)] = torch.tensor(phrase, device=device)
+    rows = torch.arange(len(target.token_ids), device=device)
+    where = torch.full_like(rows, rendered.position)
+    captured: dict[str, torch.Tensor] = {}
 
-        def edit(hidden: torch.Tensor) -> torch.Tensor:
-            if h is None:
-                captured.setdefault("h", hidden[0, rendered.position].detach().to(score_dtype(hidden.dtype)))
-                return hidden
-            return hidden.index_put((torch.tensor([0]), torch.tensor([rendered.position])), h.to(hidden.dtype).unsqueeze(0))
+    def edit(hidden: torch.Tensor) -> torch.Tensor:
+        if h is None:
+            captured["h"] = hidden[0, rendered.position].detach().to(score_dtype(hidden.dtype))
+            return hidden
+        return hidden.index_put((rows, where), h.to(hidden.dtype).expand(len(rows), -1))
 
-        with edit_residual(model, {layer: edit}):
-            logits = model(input_ids=ids).logits
-        phrase_lp.append(token_log_probs(logits, targets))
-    f = combine_phrases(torch.cat(phrase_lp))
+    # Right padding needs no mask: causal attention keeps real tokens from seeing it.
+    with edit_residual(model, {layer: edit}):
+        logits = model(input_ids=ids).logits
+    f = combine_phrases(token_log_probs(logits, targets))
     return f, (h if h is not None else captured["h"])
 
 
