@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.eval_settings import EvalSettings
+from tasks.prompt_sources import PromptSource
+
 #: Refusal phrases Y whose summed probability defines f(h). Each is scored as the start of the
 #: assistant's reply. Kept short: every phrase is a batch row in every gradient step.
 DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = ("I cannot", "I can't", "I'm sorry", "As an AI")
@@ -99,6 +102,13 @@ class DirectionSettings(_Settings):
         gt=0,
         description="Probe size for the effect score f(h_0 + alpha ||h_0|| d) - f(h_0).",
     )
+    gradient_labels: list[Literal["harmful", "harmless", ""]] = Field(
+        default_factory=lambda: ["harmful", ""],
+        description=(
+            "Prompts with these labels get Option 1 gradient directions; the others get h_0 and "
+            "f(h_0) only (harmless prompts anchor Option 2). '' selects unlabelled prompts."
+        ),
+    )
     early_stop: float | None = Field(
         None,
         description=(
@@ -119,7 +129,9 @@ class DirectionSettings(_Settings):
 
     def method_dict(self) -> dict:
         """The parameters that determine a row's numbers (store provenance and cache keys)."""
-        return self.model_dump(mode="json", exclude={"layers"})
+        # Layers are stored as an axis of their own; which prompts get gradients does not change
+        # how any row is computed.
+        return self.model_dump(mode="json", exclude={"layers", "gradient_labels"})
 
 
 class EngineSettings(_Settings):
@@ -169,3 +181,42 @@ class ClusterSettings(_Settings):
         10, ge=0, description="Bootstrap subsamples for the stability score (ARI between clusterings)."
     )
     seed: int = Field(0, description="Seed for PCA, bootstraps and random control directions.")
+
+
+class AtlasSettings(_Settings):
+    """Everything a refusal-atlas run needs: the `refusal_atlas` flow's one parameter."""
+
+    prompts: list[PromptSource] = Field(
+        default_factory=lambda: [PromptSource(path="default")],
+        description=(
+            "Prompt sources: 'default' (the shipped set), local paths or fsspec URLs of .jsonl, "
+            ".csv or .txt files. Read afresh on every run; only new prompts are computed."
+        ),
+    )
+    store: str = Field(
+        "runs/atlas.zarr",
+        description="The Zarr atlas store (local path or fsspec URL). One store per model and position.",
+    )
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The model.")
+    directions: DirectionSettings = Field(default_factory=DirectionSettings, description="Option 1 directions.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Batching of the direction engine.")
+    clustering: ClusterSettings = Field(default_factory=ClusterSettings, description="Clustering.")
+    evaluation: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation of cluster directions.")
+    evaluate: bool = Field(True, description="Evaluate cluster directions (induce, bypass, specificity, side effects).")
+    runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where per-prompt tasks run: threads in this process, or a Dask distributed cluster.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler address of an existing Dask cluster (tcp://host:port). Empty: start a LocalCluster.",
+    )
+    dask_workers: int = Field(2, ge=1, description="Worker processes of a LocalCluster (each loads the model once).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Concurrent per-prompt tasks per process (threads); empty: twice max_batch, so batches fill.",
+    )
+    report_dir: str | None = Field(
+        None, description="Where the HTML report goes; empty: a folder beside a local store."
+    )

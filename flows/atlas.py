@@ -1,0 +1,106 @@
+"""The `refusal_atlas` flow: register -> extract (one task per prompt) -> concepts -> cluster
+-> evaluate -> report. Wiring only; the work is in `tasks`.
+
+Extraction runs as a subflow so that its task runner (threads, or a Dask cluster) can be
+chosen per run from the settings, including runs started from a deployment in the UI.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from storage import AtlasStore
+from tasks.prefect_tasks import concept_vectors, extract_prompt, register_prompts
+from tasks.registration import Registration
+from tasks.settings import AtlasSettings
+
+
+def task_runner(settings: AtlasSettings):
+    """Threads by default (enough to fill a batch); a Dask cluster when asked."""
+    threads = settings.threads or 2 * settings.engine.max_batch
+    if settings.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=threads)
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    # Each worker process loads the model once; its threads feed that worker's engine.
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": threads, "processes": True},
+    )
+
+
+@flow(name="extract-directions")
+def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str, fingerprint: str,
+                       rows: list[int], gradient_rows: list[int]) -> dict:
+    """One task per prompt row; a progress artifact and bar follow them as they finish."""
+    logger = get_run_logger()
+    store = AtlasStore.open(store_uri)
+    stored = store.read_rows(rows, ("prompt_id", "text_sha256"))
+    walk = set(gradient_rows)
+    futures = extract_prompt.map(
+        prompt_id=[str(i) for i in stored["prompt_id"]],
+        text_sha256=[str(s) for s in stored["text_sha256"]],
+        row=rows,
+        gradient=[r in walk for r in rows],
+        store_uri=unmapped(store_uri),
+        store_uuid=unmapped(store_uuid),
+        fingerprint=unmapped(fingerprint),
+        model=unmapped(settings.model),
+        directions=unmapped(settings.directions),
+        engine=unmapped(settings.engine),
+    )
+    progress = create_progress_artifact(0.0, description=f"Prompts with directions in {store_uri}")
+    # computed: run now; cached: Prefect's cache answered; stored: the store already had the row.
+    counts = {"computed": 0, "cached": 0, "stored": 0, "failed": 0}
+    failures: list[dict] = []
+    step = max(1, len(futures) // 50)
+    with tqdm(total=len(futures), desc="directions", unit="prompt", file=sys.stderr) as bar:
+        for finished, future in enumerate(as_completed(futures), start=1):
+            future.wait()
+            state = future.state
+            if state.is_completed():
+                result = future.result()
+                kind = "cached" if state.name == "Cached" else ("computed" if result["computed"] else "stored")
+                counts[kind] += 1
+            else:
+                counts["failed"] += 1
+                failures.append({"task_run": str(future.task_run_id), "reason": state.message or state.name})
+                logger.warning("a prompt failed: %s", state.message)
+            bar.update(1)
+            if finished % step == 0 or finished == len(futures):
+                update_progress_artifact(progress, 100.0 * finished / len(futures))
+    logger.info("directions: %(computed)d computed, %(cached)d cached, %(stored)d already stored, %(failed)d failed", counts)
+    return {**counts, "total": len(futures), "failures": failures}
+
+
+@flow(name="refusal-atlas", log_prints=True)
+def refusal_atlas(settings: AtlasSettings = AtlasSettings()) -> dict:
+    """Find each prompt's refusal direction, cluster them, evaluate and report."""
+    logger = get_run_logger()
+    reg = Registration.from_dict(register_prompts(settings))
+    logger.info("%s; %d new rows in %s", reg.read_summary, reg.new, reg.store_uri)
+    rows = [p.row for p in reg.prompts]
+    gradient_rows = [p.row for p in reg.prompts if p.gradient]
+    runner = task_runner(settings)
+    extraction = extract_directions.with_options(task_runner=runner)(
+        settings, reg.store_uri, reg.store_uuid, reg.fingerprint, rows, gradient_rows
+    )
+    concepts = concept_vectors(reg.store_uri, reg.store_uuid)
+    if "skipped" in concepts:
+        logger.warning("concept vectors skipped: %s", concepts["skipped"])
+    AtlasStore.open(reg.store_uri, "r+").consolidate()
+    return {
+        "store": reg.store_uri,
+        "prompts": len(reg.prompts),
+        "new": reg.new,
+        "extraction": extraction,
+        "concepts": concepts,
+    }
