@@ -25,6 +25,7 @@ from storage.layout import (
     CLUSTERS_GROUP,
     PER_PROMPT,
     PROMPT,
+    ROW_DATA_NAMES,
     STATUS_DONE,
     STATUS_FAILED,
     sizes_for,
@@ -35,6 +36,11 @@ from storage.prompts import append_prompts, shared_index, unique_records
 from storage.rowio import check_row_data, mark_failed_async, run_sync, write_rows_async
 from storage.spec import StoreSpec, canonical_json, read_provenance
 from storage.uri import StoreLocation, parse_location
+
+
+# Whole-group writes take the run lock too, so that two runs writing the same group name (or a
+# registration re-consolidating meanwhile) cannot interleave; they wait this long for it.
+GROUP_LOCK_TIMEOUT = 60.0
 
 
 class AtlasStore:
@@ -108,9 +114,8 @@ class AtlasStore:
         """Rows every per-prompt array has (after an interrupted registration, the shortest)."""
         return min(self._arrays[a.name].shape[0] for a in PER_PROMPT)
 
-    def _sizes(self, n_rows: int | None = None) -> dict[str, int]:
-        spec = self.spec
-        return sizes_for(self.n_rows if n_rows is None else n_rows, len(spec.layers), spec.hidden_size)
+    def _sizes(self) -> dict[str, int]:
+        return sizes_for(self.n_rows, len(self.spec.layers), self.spec.hidden_size)
 
     def __repr__(self) -> str:
         return f"AtlasStore({self.uri!r}, rows={self.n_rows}, model={self.spec.model_id!r})"
@@ -119,8 +124,12 @@ class AtlasStore:
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 0.0) -> Iterator[None]:
-        """Hold the store's run lock (re-entrant). See lock.py: exclusive across processes on
-        local paths; on remote URLs only within this process (advisory)."""
+        """Hold the store's run lock (re-entrant; other threads of this process wait for it).
+
+        On local paths it excludes other processes (``StoreLockedError`` naming the holder after
+        ``timeout`` seconds). On remote URLs it only serialises this process: object stores have
+        no locks, so there it is advisory and one process must register at a time.
+        """
         with run_lock(self.location, timeout):
             yield
 
@@ -200,13 +209,14 @@ class AtlasStore:
         run_sync(mark_failed_async(rows, np.asarray([reason], dtype=object),
                                    self._arrays["status"], self._arrays["error"]))
 
-    def _checked_rows(self, rows: Iterable[int]) -> np.ndarray:
-        rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64)
+    def _checked_rows(self, rows: Iterable[int], unique: bool = True) -> np.ndarray:
+        """``rows`` as int64 [n], each a registered row (re-reading the shapes once if not)."""
+        rows = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.int64)
         rows = rows.reshape(-1)
-        if np.unique(rows).size != rows.size:
+        if unique and np.unique(rows).size != rows.size:
             raise ValueError("a row is given twice in one write")
         if rows.size and rows.max() >= self.n_rows:
-            self.refresh()
+            self.refresh()  # another process may have registered more prompts
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
             raise IndexError(f"rows must lie in 0..{self.n_rows - 1} (the registered rows); "
                              "register the prompts first")
@@ -215,6 +225,11 @@ class AtlasStore:
     def _writable(self) -> None:
         if self.read_only:
             raise StoreError(f"{self.uri} is open read-only; open it with mode='r+' to write")
+
+    def read_rows(self, rows: Iterable[int], names: Iterable[str] = ROW_DATA_NAMES) -> dict[str, np.ndarray]:
+        """``{name: values [len(rows), *row shape]}`` of the given rows, done or not (NaN if unwritten)."""
+        rows = self._checked_rows(rows, unique=False)
+        return {name: self._arrays[name].get_orthogonal_selection((rows,)) for name in names}
 
     def status(self) -> np.ndarray:
         """Status of every row, int8 [n_rows]: 0 pending, 1 done, 2 failed."""
@@ -257,9 +272,10 @@ class AtlasStore:
     def write_concept(self, **kwargs: Any) -> None:
         """Write Option 2 vectors; see ``storage.concept.write_concept`` for the arguments."""
         self._writable()
-        self.refresh()
-        _concept.write_concept(self._root, self._sizes(), **kwargs)
-        self._reconsolidate()
+        with self.lock(GROUP_LOCK_TIMEOUT):
+            self.refresh()
+            _concept.write_concept(self._root, self._sizes(), **kwargs)
+            self._reconsolidate()
 
     def read_concept(self):
         """The complete ``concept`` group as an ``xarray.Dataset`` (``KeyError`` if none)."""
@@ -272,8 +288,9 @@ class AtlasStore:
     def write_cluster_run(self, name: str, arrays: Mapping[str, tuple], attrs: Mapping[str, Any]) -> None:
         """Write the clustering run ``clusters/<name>``; see ``storage.clusters``."""
         self._writable()
-        _clusters.write_cluster_run(self._root.require_group(CLUSTERS_GROUP), name, arrays, attrs)
-        self._reconsolidate()
+        with self.lock(GROUP_LOCK_TIMEOUT):
+            _clusters.write_cluster_run(self._root.require_group(CLUSTERS_GROUP), name, arrays, attrs)
+            self._reconsolidate()
 
     def read_cluster_run(self, name: str) -> _clusters.ClusterRun:
         """A complete clustering run (``KeyError`` if it is absent or half written)."""

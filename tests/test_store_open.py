@@ -164,6 +164,10 @@ def test_memory_url_store_round_trip():
                                   support.row_values(3)["direction"])
     with reader.lock():  # only an in-process lock on remote URLs, but it must work
         pass
+    store.write_cluster_run("r1", {"labels": ("member", [0, 1])}, {"params": {}, "data_version": "v"})
+    store.write_cluster_run("r1", {"labels": ("member", [1, 1])}, {"params": {}, "data_version": "v"})
+    assert AtlasStore.open(uri).list_cluster_runs() == ["r1"]
+    assert AtlasStore.open(uri).read_cluster_run("r1")["labels"].tolist() == [1, 1]
     assert xr.open_zarr(uri)["direction"].dims == ("prompt", "layer", "hidden")
 
 

@@ -65,6 +65,10 @@ def test_write_row_then_done_fail_and_rewrite(store):
     assert store.status()[2] == STATUS_DONE and store.errors() == {}
     support.assert_row_equals(store, 2, support.row_values(2, version=1))
     assert store._arrays["best_layer"][1] == -1 and store._arrays["best_layer"][3] == 3
+    got = store.read_rows([2, 0, 2], ["direction", "f0"])
+    assert got["direction"].shape == (3, 2, 16) and got["f0"].shape == (3, 2)
+    np.testing.assert_array_equal(got["direction"][1], support.row_values(0)["direction"])
+    np.testing.assert_array_equal(got["f0"][2], support.row_values(2, version=1)["f0"])
 
 
 def test_row_writes_are_checked(store):
