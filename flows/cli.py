@@ -1,0 +1,164 @@
+"""The `refusal-atlas` command line.
+
+`run` takes one flag per field of `AtlasSettings`, built from the settings models themselves so
+that the flags, their help and the Prefect UI's parameter form never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+# The ephemeral Prefect server otherwise tries to send telemetry, which fails without network
+# and fills the log with errors. A user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# (field of AtlasSettings, flag prefix, renamed flags) for each nested settings group.
+GROUPS = (
+    ("model", "", {"name": "model"}),
+    ("directions", "", {}),
+    ("engine", "", {}),
+    ("clustering", "cluster-", {}),
+    ("evaluation", "eval-", {}),
+)
+TOP_LEVEL = ("store", "evaluate", "runner", "dask_address", "dask_workers", "threads", "report_dir")
+NONE_WORDS = {"none", "null", ""}
+
+
+def _allows_none(annotation) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _is_list(annotation) -> bool:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in args)
+    return typing.get_origin(annotation) is list
+
+
+def _choices(annotation):
+    """Literal values a flag takes, when its type is a plain Literal (or a list of one)."""
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return None
+
+
+def _add_field(parser: argparse.ArgumentParser, model: type[BaseModel], name: str, flag: str, dest: str) -> None:
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    shown = json.dumps(default) if not isinstance(default, BaseModel) else "..."
+    # argparse expands %-formats in help text, so literal percent signs are doubled.
+    help_text = f"{field.description} (default: {shown})".replace("%", "%%")
+    kwargs: dict = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
+    if field.annotation is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        if _is_list(field.annotation):
+            kwargs["nargs"] = "*"
+        choices = _choices(field.annotation)
+        if choices and not _allows_none(field.annotation):
+            kwargs["choices"] = choices
+        kwargs["metavar"] = name.upper()
+    parser.add_argument(f"--{flag}", **kwargs)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    from tasks.settings import AtlasSettings
+
+    parser.add_argument(
+        "--settings", type=Path, help="A JSON file of AtlasSettings to start from; flags override it."
+    )
+    parser.add_argument(
+        "--prompts", nargs="+", dest="prompts", default=argparse.SUPPRESS, metavar="SOURCE",
+        help=AtlasSettings.model_fields["prompts"].description
+        + " Each as PATH[#limit=N&seed=S&label=harmful|harmless&category=C].",
+    )
+    for name in TOP_LEVEL:
+        _add_field(parser, AtlasSettings, name, name.replace("_", "-"), name)
+    parser.add_argument("--dask", action="store_const", const="dask", dest="runner", default=argparse.SUPPRESS,
+                        help="Shorthand for --runner dask.")
+    for group, prefix, renamed in GROUPS:
+        model = AtlasSettings.model_fields[group].annotation
+        section = parser.add_argument_group(group)
+        for name in model.model_fields:
+            flag = renamed.get(name, prefix + name.replace("_", "-"))
+            _add_field(section, model, name, flag, f"{group}.{name}")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """AtlasSettings from a --settings file (if any) overridden by the flags given."""
+    from tasks.prompt_sources import parse_source
+    from tasks.settings import AtlasSettings
+
+    data: dict = json.loads(args.settings.read_text()) if getattr(args, "settings", None) else {}
+    for key, value in vars(args).items():
+        if key in ("settings", "command", "func"):
+            continue
+        if key == "prompts":
+            data["prompts"] = [parse_source(spec).model_dump() for spec in value]
+            continue
+        group, _, name = key.rpartition(".")
+        target = data.setdefault(group, {}) if group else data
+        field_model = AtlasSettings.model_fields[group].annotation if group else AtlasSettings
+        annotation = field_model.model_fields[name or key].annotation
+        if isinstance(value, str) and value.lower() in NONE_WORDS and _allows_none(annotation):
+            value = None
+        if isinstance(value, list) and not value and _allows_none(annotation):
+            value = None
+        target[name or key] = value
+    return AtlasSettings.model_validate(data)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.atlas import refusal_atlas
+
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as err:
+        print(f"refusal-atlas: invalid settings:\n{err}", file=sys.stderr)
+        return 2
+    result = refusal_atlas(settings)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from tasks.inspection import describe
+
+    print(describe(args.store))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refusal-atlas",
+        description="Find input-specific refusal directions in a chat LLM and cluster them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Run the refusal_atlas flow once.",
+                              description="Run the refusal_atlas flow once (Prefect's ephemeral mode "
+                              "unless PREFECT_API_URL points at a server).")
+    add_settings_arguments(run)
+    run.set_defaults(func=_cmd_run)
+    inspect = commands.add_parser("inspect", help="Print what an atlas store holds.")
+    inspect.add_argument("store", help="Store path or fsspec URL.")
+    inspect.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
