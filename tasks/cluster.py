@@ -23,7 +23,6 @@ Shapes: N rows, L stored layers, D model dimension, k PCA dimensions, K clusters
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,13 +46,16 @@ Space = Literal["raw", "residual"]
 SPACES: tuple[Space, ...] = ("raw", "residual")
 #: Exemplar prompts kept per cluster.
 N_EXEMPLARS = 5
+#: Most rows HDBSCAN is fitted on before the rest are assigned with approximate_predict.
+DEFAULT_FIT_ROWS = 20_000
 
 
 @dataclass(frozen=True)
 class SpaceClustering:
     """One space's clustering of n rows.
 
-    labels [n] int (-1 noise), probabilities [n], outlier_scores [n] (GLOSH);
+    labels [n] int (-1 noise), probabilities [n], outlier_scores [n] (GLOSH; NaN for rows
+    assigned by approximate_predict rather than fitted); fitted [n] bool: rows HDBSCAN was fitted on;
     directions [K, D]: unit mean of the members' raw unit directions (the steering direction);
     space_directions [K, D]: unit mean of the members' rows in this space;
     sums, space_sums [K, D] float64: the unnormalised member sums (for within-cluster cosines);
@@ -65,6 +67,7 @@ class SpaceClustering:
     labels: np.ndarray
     probabilities: np.ndarray
     outlier_scores: np.ndarray
+    fitted: np.ndarray
     directions: np.ndarray
     space_directions: np.ndarray
     sums: np.ndarray
@@ -114,14 +117,18 @@ class ClusterComparison:
 
 
 def hdbscan_params(settings: ClusterSettings, n_jobs: int | None = None) -> dict:
-    """Keyword arguments of hdbscan.HDBSCAN for these settings."""
+    """Keyword arguments of hdbscan.HDBSCAN for these settings.
+
+    n_jobs defaults to 1: hdbscan parallelises only its core-distance query, in joblib worker
+    processes, and on 2 cores starting them cost more than the query saved (measured).
+    """
     return {
         "min_cluster_size": settings.min_cluster_size,
         "min_samples": settings.min_samples,
         "cluster_selection_method": settings.selection,
         "metric": "euclidean",
         "prediction_data": True,
-        "core_dist_n_jobs": n_jobs or os.cpu_count() or 1,
+        "core_dist_n_jobs": n_jobs or 1,
     }
 
 
@@ -136,7 +143,37 @@ def fit_hdbscan(embedding: np.ndarray, settings: ClusterSettings, n_jobs: int | 
             f"{settings.min_cluster_size} and min_samples={settings.min_samples}: HDBSCAN needs at "
             f"least {needed}. Add prompts, or lower min_cluster_size."
         )
-    return hdbscan.HDBSCAN(**hdbscan_params(settings, n_jobs)).fit(embedding)
+    return hdbscan.HDBSCAN(**hdbscan_params(settings, n_jobs)).fit(np.ascontiguousarray(embedding, dtype=np.float64))
+
+
+def fit_and_assign(embedding: np.ndarray, settings: ClusterSettings, fit_rows: int | None, n_jobs: int | None = None):
+    """(clusterer, labels [n], probabilities [n], outlier scores [n], fitted [n] bool).
+
+    HDBSCAN's neighbour queries cost far more than linear time in 32 dimensions (100,000 rows:
+    minutes on 2 cores), so beyond fit_rows rows it is fitted on a seeded subsample and the
+    other rows are assigned with approximate_predict, the route hdbscan documents for new
+    points. Assigned rows get the prediction's strength as probability and NaN outlier scores
+    (GLOSH scores are defined for the fitted rows). Note that min_cluster_size then applies to
+    the subsample.
+    """
+    import hdbscan
+
+    n = embedding.shape[0]
+    fitted = np.ones(n, dtype=bool)
+    if fit_rows is not None and n > fit_rows:
+        fitted[:] = False
+        fitted[np.random.default_rng(settings.seed).choice(n, fit_rows, replace=False)] = True
+    clusterer = fit_hdbscan(embedding[fitted], settings, n_jobs)
+    labels = np.full(n, -1, dtype=np.int64)
+    probabilities = np.zeros(n)
+    outlier_scores = np.full(n, np.nan)
+    labels[fitted] = clusterer.labels_
+    probabilities[fitted] = clusterer.probabilities_
+    outlier_scores[fitted] = clusterer.outlier_scores_
+    if not fitted.all():
+        found, strength = hdbscan.approximate_predict(clusterer, np.ascontiguousarray(embedding[~fitted]))
+        labels[~fitted], probabilities[~fitted] = found, strength
+    return clusterer, labels, probabilities, outlier_scores, fitted
 
 
 def exemplars(labels: np.ndarray, probabilities: np.ndarray, cosine: np.ndarray, n: int = N_EXEMPLARS) -> list[np.ndarray]:
@@ -159,6 +196,7 @@ def cluster_space(
     settings: ClusterSettings,
     common: np.ndarray | None = None,
     n_jobs: int | None = None,
+    fit_rows: int | None = DEFAULT_FIT_ROWS,
 ) -> SpaceClustering:
     """Cluster unit rows [n, D] in one space (see the module docstring for the steps)."""
     if space == "residual" and common is None:
@@ -169,22 +207,21 @@ def cluster_space(
     if settings.pca_dim is not None and d > settings.pca_dim:
         k = min(settings.pca_dim, unit.shape[0])
         basis = pca_basis(x, k, settings.seed)
-        embedding = np.asarray(normalise_rows(x @ basis.T).compute())
+        embedding = np.asarray(normalise_rows(x @ basis.T.astype(x.dtype)).compute(), dtype=np.float64)
     else:
         embedding = np.asarray(x.compute(), dtype=np.float64)
     projection = Projection(common if space == "residual" else None, basis)
-    clusterer = fit_hdbscan(embedding, settings, n_jobs)
-    labels = np.asarray(clusterer.labels_, dtype=np.int64)
+    clusterer, labels, probabilities, outlier_scores, fitted = fit_and_assign(embedding, settings, fit_rows, n_jobs)
     n_clusters = int(labels.max(initial=-1)) + 1
     sums = member_sums(unit, labels, n_clusters)
     space_sums = sums if space == "raw" else member_sums(x, labels, n_clusters)
     directions = np.asarray(normalise_rows(sums))
-    probabilities = np.asarray(clusterer.probabilities_, dtype=np.float64)
     return SpaceClustering(
         space=space,
         labels=labels,
         probabilities=probabilities,
-        outlier_scores=np.asarray(clusterer.outlier_scores_, dtype=np.float64),
+        outlier_scores=outlier_scores,
+        fitted=fitted,
         directions=directions,
         space_directions=np.asarray(normalise_rows(space_sums)),
         sums=sums,
@@ -202,19 +239,20 @@ def cluster_directions(
     settings: ClusterSettings,
     row_layer: np.ndarray | None = None,
     n_jobs: int | None = None,
+    fit_rows: int | None = DEFAULT_FIT_ROWS,
 ) -> ClusterComparison:
     """Cluster directions [N, D] in the raw and the residual space.
 
     Rows that are not finite or are zero (failed prompts) are dropped and counted; `rows` in
-    the result maps clustered rows back to the input. The unit rows are persisted once, since
-    every later step reads them again.
+    the result maps clustered rows back to the input. Beyond fit_rows rows HDBSCAN is fitted on
+    a seeded subsample and the rest are assigned (see `fit_and_assign`); None fits every row.
     """
     unit, keep = unit_rows(directions)
     if keep.size == 0:
         raise ClusteringError("no finite, non-zero directions to cluster: are any rows done?")
     common, mean_cosine = common_direction(unit)
-    raw = cluster_space(unit, "raw", settings, n_jobs=n_jobs)
-    residual = cluster_space(unit, "residual", settings, common=common, n_jobs=n_jobs)
+    raw = cluster_space(unit, "raw", settings, n_jobs=n_jobs, fit_rows=fit_rows)
+    residual = cluster_space(unit, "residual", settings, common=common, n_jobs=n_jobs, fit_rows=fit_rows)
     n = directions.shape[0]
     layer = np.full(n, -1, dtype=np.int64) if row_layer is None else np.asarray(row_layer, dtype=np.int64)
     return ClusterComparison(

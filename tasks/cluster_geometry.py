@@ -32,12 +32,14 @@ class Projection:
     basis: np.ndarray | None
 
     def apply(self, unit: da.Array | np.ndarray) -> da.Array | np.ndarray:
-        """Unit rows [n, D] -> unit embedding rows [n, k]."""
+        """Unit rows [n, D] -> unit embedding rows [n, k], in the input's dtype (float32 rows
+        stay float32, so a lazily recomputed residual of 1e6 rows never doubles in size)."""
         x = unit
         if self.common is not None:
-            x = normalise_rows(x - (x @ self.common)[:, None] * self.common[None, :])
+            common = self.common.astype(x.dtype)
+            x = normalise_rows(x - (x @ common)[:, None] * common[None, :])
         if self.basis is not None:
-            x = normalise_rows(x @ self.basis.T)
+            x = normalise_rows(x @ self.basis.T.astype(x.dtype))
         return x
 
 

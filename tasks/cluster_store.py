@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.cluster import SPACES, ClusterComparison, cluster_directions, cluster_layer_of
+from tasks.cluster import DEFAULT_FIT_ROWS, SPACES, ClusterComparison, cluster_directions, cluster_layer_of
 from tasks.cluster_geometry import ClusteringError, select_layer
 from tasks.cluster_metrics import ClusterMetrics, compute_metrics
 from tasks.settings import ClusterSettings
@@ -43,7 +43,13 @@ def run_params(settings: ClusterSettings) -> dict:
     return settings.model_dump(mode="json")
 
 
-def cluster_store(store, settings: ClusterSettings, n_jobs: int | None = None, write: bool = True) -> StoreClustering:
+def cluster_store(
+    store,
+    settings: ClusterSettings,
+    n_jobs: int | None = None,
+    write: bool = True,
+    fit_rows: int | None = DEFAULT_FIT_ROWS,
+) -> StoreClustering:
     """Cluster the store's done rows whose label is in settings.labels, and write the run.
 
     store: a `storage.AtlasStore`. Returns the comparison (raw and residual), each space's
@@ -60,7 +66,7 @@ def cluster_store(store, settings: ClusterSettings, n_jobs: int | None = None, w
     direction = ds["direction"].data[chosen]  # [n, L, D] dask
     best = np.asarray(ds["best_layer"].values)[chosen]
     picked, row_layer = select_layer(direction, store.layers, settings.layer, best)
-    comparison = cluster_directions(picked, settings, row_layer, n_jobs)
+    comparison = cluster_directions(picked, settings, row_layer, n_jobs, fit_rows)
     kept = chosen[comparison.rows]
     categories = [c if c else None for c in np.asarray(ds["category"].values, dtype=object)[kept]]
     rows = ClusteredRows(
@@ -108,6 +114,7 @@ def run_arrays(comparison: ClusterComparison, rows: ClusteredRows, metrics: dict
         result = comparison.space(space)
         arrays[f"{space}_labels"] = (("member",), result.labels)
         arrays[f"{space}_probabilities"] = (("member",), result.probabilities)
+        arrays[f"{space}_fitted"] = (("member",), result.fitted)
         arrays[f"{space}_centroids"] = ((f"{space}_cluster", "hidden"), result.directions)
         arrays[f"{space}_cluster_layer"] = ((f"{space}_cluster",), cluster_layer_of(comparison, result))
         arrays[f"{space}_embedding"] = (("member", f"{space}_component"), result.embedding)

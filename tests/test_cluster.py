@@ -137,3 +137,16 @@ def test_numpy_and_dask_inputs_give_the_same_clustering():
     for space in ("raw", "residual"):
         np.testing.assert_array_equal(a.space(space).labels, b.space(space).labels)
         np.testing.assert_allclose(a.space(space).directions, b.space(space).directions, atol=1e-6)
+
+
+def test_large_sets_fit_a_subsample_and_assign_the_rest(clean):
+    x, truth, _, full = clean
+    comparison = cluster_directions(x, SETTINGS, fit_rows=600)
+    for space in ("raw", "residual"):
+        result = comparison.space(space)
+        assert result.fitted.sum() == 600
+        assert np.isnan(result.outlier_scores[~result.fitted]).all()
+        assert np.isfinite(result.outlier_scores[result.fitted]).all()
+        assert adjusted_rand_score(truth, result.labels) >= 0.9, space
+        assert adjusted_rand_score(truth[truth >= 0], result.labels[truth >= 0]) > 0.99
+    assert full.raw.fitted.all()  # 2,000 rows are below the default of 20,000: all fitted
