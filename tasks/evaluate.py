@@ -124,12 +124,15 @@ def build_candidates(
     baseline: Mapping[int, np.ndarray] | None,
     n_random: int,
     seed: int,
+    default_layers: Sequence[int] = (),
 ) -> list[Candidate]:
     """Cluster directions [K, D] at their layers, the baseline at each of those layers (when
-    given: {layer: vector}) and n_random seeded random unit directions per layer."""
+    given: {layer: vector}) and n_random seeded random unit directions per layer. Without
+    cluster directions the baseline and controls go to default_layers, so a clustering that
+    found nothing still gets its baseline measured."""
     clusters = [Candidate(f"cluster {k}", "cluster", int(layer), _unit(v), k)
                 for k, (v, layer) in enumerate(zip(cluster_directions, cluster_layers))]
-    layers = sorted({c.layer for c in clusters})
+    layers = sorted({c.layer for c in clusters}) or sorted({int(layer) for layer in default_layers})
     out = list(clusters)
     if baseline is not None:
         missing = [layer for layer in layers if layer not in baseline]

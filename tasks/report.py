@@ -91,37 +91,49 @@ def _space_sentence(space: str, metrics: ClusterMetrics) -> str:
 
 def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
     clusters, baseline, randoms = ev.of_kind("cluster"), ev.of_kind("baseline"), ev.of_kind("random")
-    if not clusters:
-        return ["No cluster directions to evaluate (no clusters)."]
-    out = []
-    for measure, better, label in (("induce_df", max, "Induce (mean change in f on harmless prompts)"),
-                                   ("bypass_df", min, "Bypass (mean change in f on harmful prompts)")):
+    out = [] if clusters else ["No cluster directions to evaluate (no clusters); the baseline and random "
+                               "controls were measured alone."]
+    for measure, sign, label in (("induce_df", 1, "Induce (mean change in f on harmless prompts)"),
+                                 ("bypass_df", -1, "Bypass (mean change in f on harmful prompts)")):
+        parts = []
         values = {e.name: getattr(e, measure) for e in clusters}
-        best = better(values, key=values.get)
-        parts = [f"best cluster direction {best} {fmt(values[best])}"]
+        if values:
+            best = max(values, key=lambda name: sign * values[name])
+            parts.append(f"strongest cluster direction {best} {fmt(values[best])}")
         if baseline:
             parts.append(f"difference-in-means {fmt(getattr(baseline[0], measure))}")
         if randoms:
             r = np.array([getattr(e, measure) for e in randoms])
-            extreme = r.max() if better is max else r.min()
-            parts.append(f"random controls mean {fmt(r.mean())} ({'max' if better is max else 'min'} {fmt(extreme)})")
-            sign = 1 if better is max else -1
-            beats = sum(sign * v > sign * extreme for v in values.values())
-            parts.append(f"{beats} of {len(values)} cluster directions beat every random control")
-        if baseline:
-            sign = 1 if better is max else -1
+            extreme = float(sign * np.max(sign * r))
+            parts.append(f"random controls mean {fmt(r.mean())} ({'max' if sign > 0 else 'min'} {fmt(extreme)})")
+            if values:
+                beats = sum(sign * v > sign * extreme for v in values.values())
+                parts.append(f"{beats} of {len(values)} cluster directions beat every random control")
+        if baseline and values:
             beats_base = sum(sign * v > sign * getattr(baseline[0], measure) for v in values.values())
             parts.append(f"{beats_base} of {len(values)} beat the baseline")
         out.append(f"{label}: " + "; ".join(parts) + ".")
-    if ev.base.harmless_judge is not None:
-        best = max(clusters, key=lambda e: e.induce_substring)
-        out.append(
-            f"Greedy replies on {ev.base.n_generate} harmless prompts judged refusals (substring / strict): "
-            f"unmodified {pct(ev.base.harmless_judge.substring_rate)} / {pct(ev.base.harmless_judge.strict_rate)}; "
-            f"highest cluster direction ({best.name}) {pct(best.induce_substring)} / {pct(best.induce_strict)}"
-            + (f"; difference-in-means {pct(baseline[0].induce_substring)} / {pct(baseline[0].induce_strict)}"
-               if baseline else "") + ".")
+    b = ev.base
+    if b.harmless_judge is not None:
+        parts = [f"unmodified {_shares(b.harmless_judge.substring_rate, b.harmless_judge.strict_rate)}"]
+        if clusters:
+            top = max(clusters, key=lambda e: e.induce_substring)
+            parts.append(f"highest cluster direction ({top.name}) {_shares(top.induce_substring, top.induce_strict)}")
+        if baseline:
+            parts.append(f"difference-in-means {_shares(baseline[0].induce_substring, baseline[0].induce_strict)}")
+        if randoms:
+            top = max(randoms, key=lambda e: e.induce_substring)
+            parts.append(f"highest random control {_shares(top.induce_substring, top.induce_strict)}")
+        out.append(f"Greedy replies to {b.n_generate} harmless prompts judged refusals (substring / strict) with "
+                   "the direction added: " + "; ".join(parts) + ".")
+    if b.harmful_judge is not None and b.harmful_judge.substring_rate == 0:
+        out.append(f"The unmodified model refused none of {b.harmful_judge.n} harmful prompts (substring judge), "
+                   "so bypass cannot lower its refusal rate here; only the changes in f and log-odds are informative.")
     return out
+
+
+def _shares(substring: float, strict: float) -> str:
+    return f"{pct(substring)} / {pct(strict)}"
 
 
 def images(inputs: ReportInputs) -> dict[str, bytes]:

@@ -103,7 +103,8 @@ def test_findings_state_counts_and_comparisons(inputs):
     assert "Against dataset categories" in joined
     k = inputs.comparison.result.n_clusters
     assert f"{k} of {k} cluster directions beat every random control" in joined
-    assert "difference-in-means 1.500" in joined
+    assert "difference-in-means 1.500" in joined and "highest random control 25.0% / 12.5%" in joined
+    assert "refused none of 8 harmful prompts" in joined
 
 
 def test_findings_say_when_everything_is_noise(inputs):
