@@ -95,21 +95,28 @@ class PromptIndex:
         self.vacant: list[int] = []
         self.n_read = 0
 
-    def update(self, prompt_id_array, n_rows: int) -> None:
-        """Read the ids the index does not hold yet (all of them if there are vacant rows)."""
+    def update(self, prompt_id_array, n_rows: int, recheck_vacant: bool = False) -> None:
+        """Read the ids of rows ``[n_read, n_rows)``; with ``recheck_vacant``, re-read the
+        vacant rows too (another process may have filled them since)."""
         with self.lock:
-            if self.vacant:
-                self.rows, self.vacant, self.n_read = {}, [], 0
-            if n_rows <= self.n_read:
-                return
-            ids = prompt_id_array[self.n_read : n_rows].tolist()
-            for offset, prompt_id in enumerate(ids):
-                row = self.n_read + offset
-                if prompt_id:
-                    self.rows[prompt_id] = row
-                else:
-                    self.vacant.append(row)
-            self.n_read = n_rows
+            if recheck_vacant and self.vacant:
+                vacant = np.asarray(self.vacant, dtype=np.int64)
+                ids = prompt_id_array.get_orthogonal_selection((vacant,)).tolist()
+                self._take(vacant.tolist(), ids)
+            if n_rows > self.n_read:
+                ids = prompt_id_array[self.n_read : n_rows].tolist()
+                self._take(list(range(self.n_read, n_rows)), ids, self.vacant)
+                self.n_read = n_rows
+
+    def _take(self, rows: list[int], ids: list[str], keep: list[int] | None = None) -> None:
+        """Index ``rows`` by ``ids``; rows with no id yet are vacant (after those in ``keep``)."""
+        vacant = list(keep or [])
+        for row, prompt_id in zip(rows, ids):
+            if prompt_id:
+                self.rows[prompt_id] = row
+            else:
+                vacant.append(row)
+        self.vacant = vacant
 
     def assign(self, count: int, n_rows: int) -> tuple[list[int], list[int], int]:
         """Rows for ``count`` new prompts: vacant rows first, then rows appended after ``n_rows``.

@@ -144,15 +144,16 @@ class AtlasStore:
         records = unique_records(records)
         with self.lock(lock_timeout):
             self.refresh()
-            self._update_index()
+            self._update_index(recheck_vacant=True)
             new = [r for r in records if r.id not in self._index.rows]
             if new:
                 append_prompts(self._arrays, self._index, new)
                 self._reconsolidate()
         return {r.id: self._index.rows[r.id] for r in records}
 
-    def _update_index(self) -> None:
-        self._index.update(self._arrays["prompt_id"], self._arrays["prompt_id"].shape[0])
+    def _update_index(self, recheck_vacant: bool = False) -> None:
+        ids = self._arrays["prompt_id"]
+        self._index.update(ids, ids.shape[0], recheck_vacant)
 
     def row_of(self, prompt_id: str) -> int:
         """The row of a registered prompt id (``KeyError`` if it is not registered)."""
@@ -161,7 +162,7 @@ class AtlasStore:
         if row is None:
             # Another process may have registered it since this one read the metadata.
             self.refresh()
-            self._update_index()
+            self._update_index(recheck_vacant=True)
             row = self._index.rows.get(prompt_id)
         if row is None:
             raise KeyError(f"prompt id {prompt_id!r} is not registered in {self.uri}; "
