@@ -65,7 +65,8 @@ def cluster_rows(
 ) -> list[dict]:
     """One dict per cluster of both spaces: size, layer, top categories, cohesion, the cosine to
     the common direction, the members' mean stored effect at the cluster's layer, the induce
-    effect of its direction (chosen space, when evaluated) and example prompts."""
+    effect of its direction (chosen space, when evaluated) and example prompts. Values are plain
+    JSON (a missing number is None, the examples one string), ready for a Prefect table artifact."""
     induced = {e.cluster: e.induce_df for e in evaluation.of_kind("cluster")} if evaluation else {}
     out = []
     for space in SPACES:
@@ -86,10 +87,16 @@ def cluster_rows(
                 "within_cosine": within,
                 "cosine_to_common": float(result.directions[k] @ comparison.common),
                 "mean_effect": _member_effect(effect, layers, members, int(cluster_layer[k])),
-                "induce_df": induced.get(k, float("nan")) if space == comparison.chosen else float("nan"),
-                "examples": [excerpt(texts[i]) for i in result.exemplars[k][:3]],
+                "induce_df": induced.get(k) if space == comparison.chosen else None,
+                "examples": " | ".join(excerpt(texts[i]) for i in result.exemplars[k][:3]),
             })
-    return out
+    return [{key: _plain(value) for key, value in row.items()} for row in out]
+
+
+def _plain(value):
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _member_effect(effect, layers, members: np.ndarray, layer: int) -> float:
@@ -104,7 +111,7 @@ def clusters_table(rows: list[dict]) -> Table:
                "cos to common", "mean effect", "induce Δf", "examples"]
     body = [[r["space"], str(r["cluster"]), str(r["size"]), pct(r["share"]), str(r["layer"]), r["top_categories"],
              fmt(r["within_cosine"]), fmt(r["cosine_to_common"]), fmt(r["mean_effect"]), fmt(r["induce_df"]),
-             " | ".join(r["examples"])] for r in rows]
+             r["examples"]] for r in rows]
     note = ("within cos: mean pairwise cosine of the members' directions; mean effect: the members' stored "
             "f(h_0 + alpha ||h_0|| d) - f(h_0) at the cluster's layer; induce Δf: the cluster direction's "
             "mean change in f on harmless prompts (evaluation).")

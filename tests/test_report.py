@@ -3,6 +3,7 @@
 import base64
 import dataclasses
 import io
+import json
 import re
 
 import numpy as np
@@ -92,6 +93,8 @@ def test_markdown_twin_and_table_rows(inputs):
     assert len(chosen) == k and sum(r["size"] for r in chosen) == (inputs.comparison.residual.labels >= 0).sum()
     assert all(r["layer"] == 18 and r["top_categories"].startswith("topic") for r in chosen)
     assert [r["induce_df"] for r in chosen] == [1.0 + i for i in range(k)]
+    assert all(r["induce_df"] is None for r in rows if r["space"] == "raw")
+    json.dumps(rows, allow_nan=False)  # plain JSON for a Prefect table artifact
 
 
 def test_findings_state_counts_and_comparisons(inputs):
