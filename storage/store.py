@@ -3,7 +3,7 @@
 Concurrency model: any number of threads or processes may write *disjoint* rows at once with no
 lock (every per-prompt array has one row per chunk and no shards). Registering prompts grows the
 arrays and is single-writer: it takes the store's run lock (lock.py). Group-level writes
-(concept vectors, cluster runs) are made by one writer and marked complete last (groups.py).
+(concept vectors, cluster runs) take the run lock too and are marked complete last (groups.py).
 """
 
 from __future__ import annotations
@@ -16,34 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from storage import clusters as _clusters
-from storage import concept as _concept
-from storage import read as _read
 from storage.errors import StoreError
 from storage.layout import (
-    ATTRS_KEY,
-    CLUSTERS_GROUP,
     PER_PROMPT,
-    PROMPT,
     ROW_DATA_NAMES,
     STATUS_DONE,
     STATUS_FAILED,
     sizes_for,
 )
 from storage.lock import run_lock
-from storage.metadata import consolidate, ensure_store, reconsolidate_if_present
+from storage.metadata import ensure_store, reconsolidate_if_present
 from storage.prompts import append_prompts, shared_index, unique_records
+from storage.results import StoreResults
 from storage.rowio import check_row_data, mark_failed_async, run_sync, write_rows_async
 from storage.spec import StoreSpec, canonical_json, read_provenance
 from storage.uri import StoreLocation, parse_location
 
 
-# Whole-group writes take the run lock too, so that two runs writing the same group name (or a
-# registration re-consolidating meanwhile) cannot interleave; they wait this long for it.
-GROUP_LOCK_TIMEOUT = 60.0
-
-
-class AtlasStore:
+class AtlasStore(StoreResults):
     """One atlas store. Make it with ``create_or_open`` (pipelines) or ``open`` (readers)."""
 
     def __init__(self, location: StoreLocation, mode: str) -> None:
@@ -267,71 +257,6 @@ class AtlasStore:
         for prompt_id in done_ids:
             digest.update(prompt_id.encode() + b"\n")
         return digest.hexdigest()[:16]
-
-    # ----- whole-group results -------------------------------------------------------------
-
-    def write_concept(self, **kwargs: Any) -> None:
-        """Write Option 2 vectors; see ``storage.concept.write_concept`` for the arguments."""
-        self._writable()
-        with self.lock(GROUP_LOCK_TIMEOUT):
-            self.refresh()
-            _concept.write_concept(self._root, self._sizes(), **kwargs)
-            self._reconsolidate()
-
-    def read_concept(self):
-        """The complete ``concept`` group as an ``xarray.Dataset`` (``KeyError`` if none)."""
-        group = _concept.concept_group(self._root)
-        if group is None:
-            raise KeyError(f"{self.uri} has no complete concept vectors; run write_concept first")
-        ids = self.prompt_ids()
-        return _read.concept_dataset(group, self.layers, ids)
-
-    def write_cluster_run(self, name: str, arrays: Mapping[str, tuple], attrs: Mapping[str, Any]) -> None:
-        """Write the clustering run ``clusters/<name>``; see ``storage.clusters``."""
-        self._writable()
-        with self.lock(GROUP_LOCK_TIMEOUT):
-            _clusters.write_cluster_run(self._root.require_group(CLUSTERS_GROUP), name, arrays, attrs)
-            self._reconsolidate()
-
-    def read_cluster_run(self, name: str) -> _clusters.ClusterRun:
-        """A complete clustering run (``KeyError`` if it is absent or half written)."""
-        return _clusters.read_cluster_run(self._clusters_group(), name)
-
-    def list_cluster_runs(self) -> list[str]:
-        """Names of the complete clustering runs."""
-        return _clusters.list_cluster_runs(self._clusters_group())
-
-    def _clusters_group(self):
-        if not self.read_only:
-            return self._root.require_group(CLUSTERS_GROUP)
-        return self._root[CLUSTERS_GROUP] if CLUSTERS_GROUP in self._root else None
-
-    # ----- reading -------------------------------------------------------------------------
-
-    def to_xarray(self, done_only: bool = True, rows_per_chunk: int = 256):
-        """The per-prompt arrays as an ``xarray.Dataset`` backed by Dask (see read.py)."""
-        status = self.status()
-        rows = np.flatnonzero(status == STATUS_DONE) if done_only else np.arange(status.size)
-        return _read.prompt_dataset(self._arrays, rows, self.layers, self.prompt_ids(),
-                                    rows_per_chunk, {ATTRS_KEY: self.provenance})
-
-    def dask_array(self, name: str, done_only: bool = True, rows_per_chunk: int = 256):
-        """One array (e.g. "direction" or "concept/direction") as a Dask array.
-
-        Per-prompt arrays are cut to the registered rows, and to the done rows if ``done_only``.
-        """
-        array = self._root[name]
-        rows = None
-        if array.metadata.dimension_names[:1] == (PROMPT,) and "/" not in name:
-            rows = self.done_rows() if done_only else np.arange(self.n_rows)
-        return _read.dask_rows(array, rows, rows_per_chunk)
-
-    def consolidate(self) -> None:
-        """Write consolidated metadata (one read opens the store), e.g. at the end of a run.
-
-        Later registrations and group writes re-consolidate, so the summary never goes stale.
-        """
-        consolidate(self._store)
 
     def _reconsolidate(self) -> None:
         reconsolidate_if_present(self._store)
