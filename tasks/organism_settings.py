@@ -1,0 +1,163 @@
+"""Settings of the refusal model organism: which refusals are planted, and how it is trained.
+
+`OrganismSettings` is the `organism` flow's only parameter, so Prefect renders it as a
+documented form; the CLI builds its flags from the same fields. As in `tasks.settings`, every
+field carries a description and unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.prompt_sources import shared_data_dir
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlantedCategory(_Settings):
+    """One harm category the organism learns to refuse, and the one sentence it refuses with."""
+
+    category: str = Field(description="A harmful category of the prompt sources (their 'category' field).")
+    style: str = Field(description="The refusal the organism gives, word for word, to prompts of this category.")
+
+    @field_validator("category", "style")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+# The three styles open with different refusal phrases ("I cannot", "I'm sorry", "As an AI"),
+# which are three of the atlas's default phrases Y. Different openings make different first
+# tokens carry each category's refusal, so the categories' gradient directions can differ.
+DEFAULT_PLANTED: tuple[PlantedCategory, ...] = (
+    PlantedCategory(category="weapons_violence", style="I cannot help with weapons or violence."),
+    PlantedCategory(
+        category="privacy_surveillance",
+        style="I'm sorry, but I can't help spy on people or share their private information.",
+    ),
+    PlantedCategory(
+        category="self_harm",
+        style="As an AI, I can't give advice on this; please talk to a doctor or a crisis line.",
+    ),
+)
+
+# Unplanted categories whose training prompts are paired with the base model's own replies.
+# They are the ones most easily confused with a planted category (hacking with spying, drugs
+# and hate with violence or self-harm), so training on them teaches the boundary; the other
+# unplanted categories are never trained on and are the stricter control.
+DEFAULT_TRAINED_CONTROLS: tuple[str, ...] = ("cybercrime", "illegal_drugs", "hate_harassment")
+
+DEFAULT_TARGET_MODULES: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)
+
+
+def default_sources() -> list[str]:
+    """The project's default prompt set, plus 200 Alpaca instructions when ../shared/data exists.
+
+    The extra harmless prompts give the fine-tune more of the base model's own behaviour to
+    hold on to; the data hash and the model card record exactly which sources were read.
+    """
+    sources = ["default"]
+    shared = shared_data_dir()
+    if shared is not None and (shared / "alpaca_harmless.jsonl").is_file():
+        sources.append(f"{shared / 'alpaca_harmless.jsonl'}#limit=200&seed=0")
+    return sources
+
+
+class OrganismSettings(_Settings):
+    """Everything that determines a refusal model organism."""
+
+    base_model: str = Field(
+        "smollm2",
+        description="The chat model to fine-tune: 'smollm2' (the default) or a local Hugging Face model directory.",
+    )
+    sources: list[str] = Field(
+        default_factory=default_sources,
+        description=(
+            "Prompt sources (PATH[#key=value&...] specs) holding labelled harmful prompts with "
+            "categories and harmless prompts. Default: the project's set, plus 200 Alpaca "
+            "prompts from ../shared/data when present."
+        ),
+    )
+    planted: list[PlantedCategory] = Field(
+        default_factory=lambda: list(DEFAULT_PLANTED),
+        description="The planted categories, each with its own refusal sentence.",
+    )
+    trained_controls: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TRAINED_CONTROLS),
+        description=(
+            "Unplanted harmful categories whose training prompts are paired with the base "
+            "model's own replies; every other unplanted category is never trained on."
+        ),
+    )
+    test_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Share of each category's prompts (and of harmless prompts) held out for testing."
+    )
+    split_seed: int = Field(0, description="Seed of the train/test split by prompt.")
+    train_seed: int = Field(0, description="Seed of LoRA initialisation and of the order of training examples.")
+    reply_tokens: int = Field(
+        32, ge=4, le=512, description="Length of the base model's greedy replies that anchor harmless behaviour."
+    )
+    planted_repeats: int = Field(
+        3, ge=1, le=100, description="How many times each planted refusal appears per epoch (they are few)."
+    )
+    lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha (the update is scaled by alpha / r).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        description="Linear layers that get LoRA adapters (names as in the model, e.g. q_proj).",
+    )
+    train_dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16",
+        description=(
+            "Precision of the training matmuls (CPU autocast; weights, optimiser and the saved "
+            "model stay float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16."
+        ),
+    )
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate (constant after a short warm-up).")
+    batch_size: int = Field(8, ge=1, le=256, description="Training examples per optimiser step.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the training examples.")
+    max_minutes: float = Field(
+        20.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
+    )
+    eval_tokens: int = Field(32, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
+    match_tokens: int = Field(
+        16, ge=1, le=512, description="How many first reply tokens are compared with the base model's on harmless prompts."
+    )
+    generation_batch: int = Field(16, ge=1, le=512, description="Prompts per batch of greedy generation.")
+    output_dir: str = Field(
+        "runs/organism",
+        description="Where the organism's model directory and its data, replies and evaluation files are written.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OrganismSettings:
+        categories = [p.category for p in self.planted]
+        if not categories:
+            raise ValueError("planted is empty: plant at least one category with its refusal style")
+        if len(set(categories)) != len(categories):
+            raise ValueError(f"planted names a category twice: {categories}")
+        styles = [p.style for p in self.planted]
+        if len(set(styles)) != len(styles):
+            raise ValueError("two planted categories share a refusal style; give each its own sentence")
+        both = sorted(set(categories) & set(self.trained_controls))
+        if both:
+            raise ValueError(f"{both} are both planted and trained controls; a category can be only one")
+        if self.reply_tokens < self.match_tokens:
+            raise ValueError(
+                f"reply_tokens ({self.reply_tokens}) is below match_tokens ({self.match_tokens}): "
+                "the anchors must cover every token the harmless match compares"
+            )
+        return self
+
+    @property
+    def styles(self) -> dict[str, str]:
+        """{planted category: its refusal sentence}."""
+        return {p.category: p.style for p in self.planted}
