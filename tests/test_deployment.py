@@ -10,6 +10,7 @@ at the end checks that no process it started is left behind.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -86,6 +87,59 @@ def test_prefect_yaml_schedule_pool_and_pull_step():
     assert nightly["work_pool"]["name"] == POOL
     (pull,) = project["pull"]
     assert "prefect.deployments.steps.set_working_directory" in pull, "runs must start in the project root"
+
+
+# --- `refusal-atlas serve`, without a server -------------------------------------------------------
+
+
+def _serve_args(*argv: str) -> argparse.Namespace:
+    from flows import serve as serve_command
+
+    parser = argparse.ArgumentParser()
+    serve_command.configure_parser(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_serve_needs_a_server(capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import serve as serve_command
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert serve_command.main(_serve_args("--interval", "5")) == 2
+    assert "prefect server start" in capsys.readouterr().err
+
+
+def test_serve_rejects_a_bad_cron_before_contacting_the_server(capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import serve as serve_command
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert serve_command.main(_serve_args("--cron", "every night")) == 2
+    assert "invalid schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    [],                                               # no schedule
+    ["--cron", "0 3 * * *", "--interval", "5"],       # two schedules
+    ["--interval", "0"],
+    ["--interval", "5", "--limit", "0"],
+])
+def test_serve_flag_errors(argv):
+    with pytest.raises(SystemExit):
+        _serve_args(*argv)
+
+
+def test_serve_flags_spell_the_test_settings(tmp_path):
+    """The integration test serves `_serve_flags` and expects the deployment's `_tiny_settings`."""
+    from flows import serve as serve_command
+    from flows.cli import settings_from_args
+
+    args = _serve_args("--interval", "5", *_serve_flags(tmp_path / "model", tmp_path / "store.zarr"))
+    settings = settings_from_args(argparse.Namespace(
+        **{k: v for k, v in vars(args).items() if k not in serve_command.SCHEDULE_FLAGS}))
+    assert settings.model_dump(mode="json") == _tiny_settings(tmp_path / "model", tmp_path / "store.zarr")
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -468,9 +522,9 @@ def _browser_check(stack, run, extraction_run, report) -> list[Path]:
         if report is not None:
             # The report artifact's own page renders its markdown: the heading and the embedded
             # PNG plots (data URIs, decoded by the browser to a non-zero width).
-            heading = next((line.lstrip("# ").strip() for line in str(report.data).splitlines()
-                            if line.startswith("# ")), None)
-            assert heading, "the report's markdown has no top-level heading"
+            heading = next((line.lstrip("#").strip() for line in str(report.data).splitlines()
+                            if re.match(r"#{1,6} \S", line)), None)
+            assert heading, "the report's markdown has no heading"
             driver.get(f"{stack['ui']}/artifacts/artifact/{report.id}")
             wait_text([REPORT_KEY, heading], "the report artifact's page")
             images = driver.find_elements(By.CSS_SELECTOR, "img[src^='data:image/png']")
