@@ -319,14 +319,12 @@ class Api:
         from prefect.client.orchestration import get_client
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        self._settings = temporary_settings(updates={PREFECT_API_URL: url})
-        self._settings.__enter__()
-        self.client = get_client(sync_client=True)
-        self.client.__enter__()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        self.client = self._stack.enter_context(get_client(sync_client=True))
 
     def close(self) -> None:
-        self.client.__exit__(None, None, None)
-        self._settings.__exit__(None, None, None)
+        self._stack.close()
 
     def flow_run(self, run_id):
         return self.client.read_flow_run(run_id)
@@ -399,12 +397,13 @@ def _run_summary(api: Api, run) -> dict:
     found, new = wait_for(f"the logs of run {run.name} do not show its extraction counts", counts, 30,
                           on_timeout=lambda: api.log_text(run_ids)[-3000:])
     computed, cached, stored, failed = (int(g) for g in found.groups())
-    # The per-prompt tasks run in the extraction subflow; the parent's own task runs include one
-    # that stands for the subflow itself, so only the subflows' task runs are counted.
-    extract_tasks = api.task_runs([s.id for s in subflows])
+    by_flow = {api.client.read_flow(s.flow_id).name: s for s in subflows}
+    assert "extract-directions" in by_flow, f"run {run.name} has no extraction subflow: {sorted(by_flow)}"
+    # Only the extraction subflow's task runs: the parent's own task runs include one that stands
+    # for each subflow, and later subflows run other tasks.
+    extract_tasks = api.task_runs([by_flow["extract-directions"].id])
     return {
-        "subflows": {api.client.read_flow(s.flow_id).name: s for s in subflows},
-        "subflow_states": [s.state.name for s in subflows],
+        "subflows": by_flow,
         "new": int(new.group(1)),
         "computed": computed, "cached": cached, "stored": stored, "failed": failed,
         "task_states": sorted(t.state.name for t in extract_tasks),
