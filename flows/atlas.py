@@ -5,8 +5,8 @@ Extraction runs as a subflow so that its task runner (threads, or a Dask cluster
 chosen per run from the settings, including runs started from a deployment in the UI.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect resolves the flow's parameter type
+# (AtlasSettings) from its annotation, also in processes that unpickle the flow (Flow.serve).
 import sys
 
 from prefect import flow, get_run_logger, unmapped

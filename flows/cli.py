@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="Print what an atlas store holds.")
     inspect.add_argument("store", help="Store path or fsspec URL.")
     inspect.set_defaults(func=_cmd_inspect)
+    from flows import serve as serve_command
+
+    serve = commands.add_parser(
+        "serve", help="Serve the flow on a cron or interval schedule (needs a Prefect server).",
+        description="Register a deployment of refusal_atlas with the Prefect server at PREFECT_API_URL "
+        "and run its scheduled runs until interrupted (which pauses the schedule).")
+    serve_command.configure_parser(serve)
+    serve.set_defaults(func=serve_command.main)
     return parser
 
 
