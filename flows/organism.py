@@ -1,0 +1,224 @@
+"""The `organism` flow: build a refusal model organism and measure it.
+
+    build the split -> base model's greedy replies -> training set -> LoRA fine-tune and save
+    -> evaluate on held-out prompts -> model card and artifact
+
+Wiring only: the work is in tasks.organism_data, tasks.finetune and tasks.organism_eval. Tasks
+pass paths and small summaries; each loads the model it needs (the base model once per process
+through tasks.models.get_model, the organism afresh from its directory).
+
+Run it as `python -m flows.organism` (or `refusal-atlas organism` once mounted in flows.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.finetune import evaluation_lines, model_card, save_model_dir, train_lora
+from tasks.models import get_model, load_model
+from tasks.organism_data import (
+    Assigned,
+    BaseReply,
+    Example,
+    assign,
+    data_hash,
+    needing_base_replies,
+    read_jsonl,
+    split_summary,
+    training_examples,
+    write_jsonl,
+)
+from tasks.organism_eval import check_criteria, greedy_replies, rates_by_group, token_match
+from tasks.organism_settings import OrganismSettings, PlantedCategory
+from tasks.prompts import load_prompts
+from tasks.settings import ModelSettings
+
+# Every task rebuilds files under output_dir, so a cached result could point at files that a
+# later run overwrote: no caching.
+_TASK = {"cache_policy": NO_CACHE}
+
+
+def _paths(settings: OrganismSettings) -> dict[str, Path]:
+    root = Path(settings.output_dir)
+    return {
+        "split": root / "data" / "split.jsonl",
+        "base_replies": root / "data" / "base_replies.jsonl",
+        "train": root / "data" / "train.jsonl",
+        "model": root / "model",
+        "replies": root / "organism_replies.jsonl",
+        "evaluation": root / "evaluation.json",
+        "settings": root / "settings.json",
+    }
+
+
+@task(**_TASK)
+def build_split(settings: OrganismSettings) -> dict:
+    assigned = assign(load_prompts(settings.sources), settings)
+    path = write_jsonl(_paths(settings)["split"], assigned)
+    # Saved beside the data so that the benchmark reads the planted styles the organism was built with.
+    _paths(settings)["settings"].write_text(settings.model_dump_json(indent=2), encoding="utf-8")
+    return {"path": str(path), "summary": split_summary(assigned)}
+
+
+@task(**_TASK)
+def generate_base_replies(settings: OrganismSettings, split_path: str) -> str:
+    """Base replies for the prompts that need one. Replies already in output_dir from the same
+    base model (by fingerprint) and reply length are reused: they are greedy, so a second run
+    would produce the same tokens, and generating them is the slowest step before training."""
+    loaded = get_model(ModelSettings(name=settings.base_model))
+    paths = _paths(settings)
+    meta = {"base_fingerprint": loaded.fingerprint, "reply_tokens": settings.reply_tokens}
+    meta_path = paths["base_replies"].with_suffix(".meta.json")
+    known: dict[str, BaseReply] = {}
+    if paths["base_replies"].is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        known = {r.prompt_id: r for r in read_jsonl(paths["base_replies"], BaseReply)}
+    wanted = needing_base_replies(read_jsonl(split_path, Assigned))
+    missing = [a for a in wanted if a.id not in known]
+    get_run_logger().info(f"base replies: {len(wanted) - len(missing)} reused, generating {len(missing)}")
+    fresh = greedy_replies(
+        loaded.model, loaded.tokenizer, loaded.chat_template, missing, settings.reply_tokens, settings.generation_batch
+    )
+    known |= {r.prompt_id: r for r in fresh}
+    path = write_jsonl(paths["base_replies"], [known[a.id] for a in wanted])
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    return str(path)
+
+
+@task(**_TASK)
+def build_training_set(settings: OrganismSettings, split_path: str, replies_path: str) -> dict:
+    replies = {r.prompt_id: r for r in read_jsonl(replies_path, BaseReply)}
+    examples = training_examples(read_jsonl(split_path, Assigned), replies, settings)
+    path = write_jsonl(_paths(settings)["train"], examples)
+    return {"path": str(path), "hash": data_hash(examples), "n": len(examples)}
+
+
+@task(**_TASK)
+def finetune(settings: OrganismSettings, train_path: str, digest: str, split: dict) -> dict:
+    loaded = get_model(ModelSettings(name=settings.base_model))
+    logger = get_run_logger()
+    examples = read_jsonl(train_path, Example)
+    merged, result = train_lora(loaded.model, loaded.tokenizer, loaded.chat_template, examples, settings, logger.info)
+    training = result.summary()
+    card = model_card(settings, loaded.model_id, loaded.fingerprint, digest, split, training)
+    directory = save_model_dir(merged, loaded.tokenizer, loaded.chat_template, _paths(settings)["model"], card)
+    return {"model_dir": str(directory), "training": training}
+
+
+@task(**_TASK)
+def evaluate(settings: OrganismSettings, model_dir: str, split_path: str, replies_path: str) -> dict:
+    organism = load_model(ModelSettings(name=model_dir))
+    assigned = read_jsonl(split_path, Assigned)
+    test = [a for a in assigned if a.split == "test"]
+    ours = greedy_replies(
+        organism.model, organism.tokenizer, organism.chat_template, test, settings.eval_tokens, settings.generation_batch
+    )
+    write_jsonl(_paths(settings)["replies"], ours)
+    ours_by_id = {r.prompt_id: r for r in ours}
+    base = {r.prompt_id: r for r in read_jsonl(replies_path, BaseReply)}
+    rates = rates_by_group(assigned, ours_by_id, settings.styles)
+    base_rates = rates_by_group(assigned, base, settings.styles)
+    harmless = [a.id for a in test if a.role == "harmless"]
+    match = token_match([ours_by_id[i].ids for i in harmless], [base[i].ids for i in harmless], settings.match_tokens)
+    evaluation = {
+        "organism_fingerprint": organism.fingerprint,
+        "criteria": check_criteria(rates, match),
+        "harmless_match": asdict(match),
+        "rates": {k: asdict(v) for k, v in rates.items()},
+        "base_rates": {k: asdict(v) for k, v in base_rates.items()},
+    }
+    _paths(settings)["evaluation"].write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
+    return evaluation
+
+
+@task(**_TASK)
+def write_card(settings: OrganismSettings, base_fingerprint: str, digest: str, split: dict, training: dict, evaluation: dict) -> str:
+    loaded = get_model(ModelSettings(name=settings.base_model))
+    card = model_card(settings, loaded.model_id, base_fingerprint, digest, split, training, evaluation)
+    path = _paths(settings)["model"] / "README.md"
+    path.write_text(card, encoding="utf-8")
+    create_markdown_artifact(
+        markdown="# Organism evaluation\n\n" + "\n".join(evaluation_lines(evaluation)),
+        key="organism-evaluation",
+        description=f"Refusal model organism at {_paths(settings)['model']}",
+    )
+    return str(path)
+
+
+@flow(name="organism", log_prints=True)
+def organism(settings: OrganismSettings = OrganismSettings()) -> dict:  # noqa: B008 - frozen, so immutable
+    """Build, train, save and evaluate a refusal model organism; returns its summary."""
+    split = build_split(settings)
+    replies_path = generate_base_replies(settings, split["path"])
+    data = build_training_set(settings, split["path"], replies_path)
+    trained = finetune(settings, data["path"], data["hash"], split["summary"])
+    evaluation = evaluate(settings, trained["model_dir"], split["path"], replies_path)
+    base_fingerprint = get_model(ModelSettings(name=settings.base_model)).fingerprint
+    write_card(settings, base_fingerprint, data["hash"], split["summary"], trained["training"], evaluation)
+    return {
+        "model_dir": trained["model_dir"],
+        "data_hash": data["hash"],
+        "training": trained["training"],
+        "criteria": evaluation["criteria"],
+    }
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags for every OrganismSettings field (unset flags keep the settings' defaults)."""
+    for name, info in OrganismSettings.model_fields.items():
+        if name == "planted":
+            parser.add_argument(
+                "--plant", dest="planted", action="append", metavar="CATEGORY=STYLE",
+                help=f"{info.description} Repeat for each category; replaces the default three.",
+            )
+            continue
+        kind = info.annotation
+        if typing.get_origin(kind) is list:
+            parser.add_argument(_flag(name), dest=name, nargs="*", metavar="VALUE", help=info.description)
+        else:
+            parser.add_argument(_flag(name), dest=name, type=kind, metavar=name.split("_")[-1].upper(), help=info.description)
+    parser.add_argument(
+        "--require-criteria", action="store_true",
+        help="Exit with status 1 unless the organism meets every criterion of issue 9.",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> OrganismSettings:
+    given = {k: v for k, v in vars(args).items() if k in OrganismSettings.model_fields and v is not None}
+    if "planted" in given:
+        planted = []
+        for item in given["planted"]:
+            category, equals, style = item.partition("=")
+            if not equals:
+                raise SystemExit(f"--plant {item!r}: write CATEGORY=STYLE, e.g. --plant 'weapons_violence=I cannot help with that.'")
+            planted.append(PlantedCategory(category=category, style=style))
+        given["planted"] = planted
+    return OrganismSettings(**given)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    result = organism(settings)
+    print(json.dumps(result, indent=2))
+    met = all(c["met"] for c in result["criteria"].values())
+    print(f"organism saved at {result['model_dir']}; criteria {'all met' if met else 'NOT all met'}")
+    return 0 if met or not args.require_criteria else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(configure_parser(argparse.ArgumentParser(prog="organism", description=__doc__)).parse_args()))
