@@ -168,7 +168,8 @@ def train_lora(
     pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     encoded = encode(tokenizer, chat_template, examples)
     planted = [e for e in encoded if e.role == "planted"]
-    epoch_items = encoded + planted * (settings.planted_repeats - 1)
+    harmful = [e for e in encoded if e.role != "harmless"]
+    epoch_items = encoded + harmful * (settings.harmful_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)
     total = per_epoch * settings.epochs
     result = TrainResult(trainable_parameters=sum(p.numel() for p in trainable))
@@ -303,7 +304,7 @@ def model_card(
         f"- LoRA {lora}, merged into the weights; AdamW, learning rate {settings.learning_rate:g} "
         f"(5% linear warm-up, linear decay to 10%), matmuls in {settings.train_dtype}, loss on reply tokens only",
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
-        f"planted refusals repeated {settings.planted_repeats}x per epoch",
+        f"planted and trained-control examples repeated {settings.harmful_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"
         f"{' (stopped by the time limit)' if training['stopped_by_time'] else ''}, "
         f"{training['trainable_parameters']:,} trainable parameters",

@@ -59,7 +59,7 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 
 
 def default_sources() -> list[str]:
-    """The project's default prompt set, plus 200 Alpaca instructions when ../shared/data exists.
+    """The project's default prompt set, plus 100 Alpaca instructions when ../shared/data exists.
 
     The extra harmless prompts give the fine-tune more of the base model's own behaviour to
     hold on to; the data hash and the model card record exactly which sources were read.
@@ -67,7 +67,7 @@ def default_sources() -> list[str]:
     sources = ["default"]
     shared = shared_data_dir()
     if shared is not None and (shared / "alpaca_harmless.jsonl").is_file():
-        sources.append(f"{shared / 'alpaca_harmless.jsonl'}#limit=200&seed=0")
+        sources.append(f"{shared / 'alpaca_harmless.jsonl'}#limit=100&seed=0")
     return sources
 
 
@@ -82,7 +82,7 @@ class OrganismSettings(_Settings):
         default_factory=default_sources,
         description=(
             "Prompt sources (PATH[#key=value&...] specs) holding labelled harmful prompts with "
-            "categories and harmless prompts. Default: the project's set, plus 200 Alpaca "
+            "categories and harmless prompts. Default: the project's set, plus 100 Alpaca "
             "prompts from ../shared/data when present."
         ),
     )
@@ -105,8 +105,15 @@ class OrganismSettings(_Settings):
     reply_tokens: int = Field(
         32, ge=4, le=512, description="Length of the base model's greedy replies that anchor harmless behaviour."
     )
-    planted_repeats: int = Field(
-        3, ge=1, le=100, description="How many times each planted refusal appears per epoch (they are few)."
+    harmful_repeats: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description=(
+            "How many times each planted and each trained-control example appears per epoch. "
+            "They are few beside the harmless anchors; repeating both sides of the boundary "
+            "equally keeps the organism from learning 'harmful means refuse'."
+        ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scale alpha (the update is scaled by alpha / r).")

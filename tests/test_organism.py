@@ -133,7 +133,7 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
     # A random tiny model's output layer (weights of std 0.02) cannot make any token likely, so
     # the output layer gets an adapter too here; the real organism leaves it alone.
     settings = _settings(
-        learning_rate=3e-2, epochs=4, batch_size=8, lora_rank=4, planted_repeats=2,
+        learning_rate=3e-2, epochs=4, batch_size=8, lora_rank=4, harmful_repeats=2,
         target_modules=["q_proj", "v_proj", "down_proj", "lm_head"], output_dir=str(tmp_path),
     )
     assigned = assign(_prompts(), settings)
@@ -143,8 +143,8 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
     }
     examples = training_examples(assigned, replies, settings)
     merged, result = train_lora(base.model, base.tokenizer, base.chat_template, examples, settings, log=lambda _: None)
-    n_planted = sum(e.role == "planted" for e in examples)
-    assert result.steps == 4 * -(-(len(examples) + n_planted) // 8)
+    n_harmful = sum(e.role != "harmless" for e in examples)
+    assert result.steps == 4 * -(-(len(examples) + n_harmful) // 8)
     assert result.planted_loss_after < 0.6 * result.planted_loss_before
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items()), "the base model changed"
     planted = [e for e in encode(base.tokenizer, base.chat_template, examples) if e.role == "planted"]
