@@ -67,7 +67,8 @@ def first_token_log_probs(
         ids, mask = left_pad(sequences[start: start + batch_size], pad_id, _device(model))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with intervened(intervention):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+            # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
         out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out)
 
@@ -99,7 +100,7 @@ def _generate_batch(model, batch, pad_id: int, max_new_tokens: int, stops: torch
     ids, mask = left_pad(batch, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     stops = stops.to(device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.cache
     done = torch.zeros(len(batch), dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in batch]

@@ -113,6 +113,15 @@ def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
             beats_base = sum(sign * v > sign * getattr(baseline[0], measure) for v in values.values())
             parts.append(f"{beats_base} of {len(values)} beat the baseline")
         out.append(f"{label}: " + "; ".join(parts) + ".")
+    spec = ev.specificity
+    k = len(clusters)
+    if spec is not None and k > 1 and spec.matrix.shape[1] == k:
+        own = spec.matrix[:k, :k]
+        off = own[~np.eye(k, dtype=bool)]
+        out.append(f"Specificity: a cluster direction moves f by {fmt(np.diag(own).mean())} on its own cluster's "
+                   f"prompts and {fmt(off.mean())} on other clusters' prompts (means over the matrix); "
+                   f"{int(sum(own[j, j] == own[:, j].max() for j in range(k)))} of {k} clusters' prompts respond "
+                   "most to their own direction.")
     b = ev.base
     if b.harmless_judge is not None:
         parts = [f"unmodified {_shares(b.harmless_judge.substring_rate, b.harmless_judge.strict_rate)}"]

@@ -181,7 +181,8 @@ def evaluation_table(evaluation: EvaluationResult) -> Table:
             f"of every layer on {b.n_harmful} harmful prompts. Refusal shares come from greedy replies "
             f"({b.n_generate} prompts, {s.max_new_tokens} new tokens) under the substring judge "
             f"({s.substring_list}) and the strict judge. KL: KL(base || ablated) of the first reply token on "
-            "the harmless prompts, in nats.")
+            "the harmless prompts, in nats. Cluster directions from Option 1 are means of directions that "
+            "climb f, so changes in f favour them by construction; the judged replies are the independent check.")
     return Table("Evaluation against the difference-in-means baseline and random controls", columns, rows, note)
 
 

@@ -108,6 +108,8 @@ def test_findings_state_counts_and_comparisons(inputs):
     assert f"{k} of {k} cluster directions beat every random control" in joined
     assert "difference-in-means 1.500" in joined and "highest random control 25.0% / 12.5%" in joined
     assert "refused none of 8 harmful prompts" in joined
+    # The test matrix grows along rows, so each cluster's prompts respond most to the last cluster.
+    assert f"{'1' if k > 1 else '0'} of {k} clusters' prompts respond most to their own direction" in joined
 
 
 def test_findings_say_when_everything_is_noise(inputs):
