@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from tasks.cluster import DEFAULT_FIT_ROWS  # noqa: E402
 
 DIM = 576
 CHUNK_ROWS = 8192
@@ -66,7 +65,7 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run(path: str, spaces: list[str], settings, fit_rows: int | None) -> dict[str, float]:
+def run(path: str, spaces: list[str], settings) -> dict[str, float]:
     import dask.array as da
 
     from tasks.cluster import cluster_space
@@ -83,7 +82,7 @@ def run(path: str, spaces: list[str], settings, fit_rows: int | None) -> dict[st
     print(f"  rows {keep.size:,}, mean pairwise cosine {mean_cosine:.3f}")
     for space in spaces:
         t = time.perf_counter()
-        result = cluster_space(unit, space, settings, common=common, fit_rows=fit_rows)
+        result = cluster_space(unit, space, settings, common=common)
         times[f"{space}: PCA + HDBSCAN + centroids"] = time.perf_counter() - t
         print(f"  {space}: {result.n_clusters} clusters, noise share {result.noise_share:.1%}, "
               f"HDBSCAN fitted on {int(result.fitted.sum()):,} rows, the rest assigned")
@@ -98,7 +97,7 @@ def main() -> None:
     parser.add_argument("--pca-dim", type=int, default=32)
     parser.add_argument("--min-cluster-size", type=int, default=5)
     parser.add_argument("--min-samples", type=int, default=None)
-    parser.add_argument("--fit-rows", type=int, default=DEFAULT_FIT_ROWS,
+    parser.add_argument("--fit-rows", type=int, default=20_000,
                         help="rows HDBSCAN is fitted on; the rest are assigned with approximate_predict (0: all)")
     parser.add_argument("--row-chunks", type=int, default=CHUNK_ROWS, help="rows per Zarr chunk")
     parser.add_argument("--workdir", default=None, help="where to write the store (default: a temp folder)")
@@ -107,7 +106,7 @@ def main() -> None:
     from tasks.settings import ClusterSettings
 
     settings = ClusterSettings(pca_dim=args.pca_dim, min_cluster_size=args.min_cluster_size,
-                               min_samples=args.min_samples, bootstraps=0)
+                               min_samples=args.min_samples, bootstraps=0, fit_rows=args.fit_rows or None)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = os.path.join(tmp, "directions.zarr")
         t = time.perf_counter()
@@ -119,7 +118,7 @@ def main() -> None:
         print(f"wrote {args.rows:,} x {DIM} float32 in chunks of {args.row_chunks} rows "
               f"({time.perf_counter() - t:.1f} s, not counted)")
         print(f"settings: {settings.model_dump_json()}; cores: {os.cpu_count()}")
-        times = run(path, args.spaces, settings, args.fit_rows or None)
+        times = run(path, args.spaces, settings)
     for phase, seconds in times.items():
         print(f"  {phase:<40s} {seconds:8.1f} s")
     print(f"peak RSS: {peak_rss_gb():.2f} GiB")

@@ -10,13 +10,19 @@ chosen per run from the settings, including runs started from a deployment in th
 import sys
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from storage import AtlasStore
-from tasks.prefect_tasks import concept_vectors, extract_prompt, register_prompts
+from tasks.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
 from tasks.registration import Registration
 from tasks.settings import AtlasSettings
 
@@ -96,11 +102,39 @@ def refusal_atlas(settings: AtlasSettings = AtlasSettings()) -> dict:
     concepts = concept_vectors(reg.store_uri, reg.store_uuid)
     if "skipped" in concepts:
         logger.warning("concept vectors skipped: %s", concepts["skipped"])
-    AtlasStore.open(reg.store_uri, "r+").consolidate()
-    return {
-        "store": reg.store_uri,
+    store = AtlasStore.open(reg.store_uri, "r+")
+    clusters = cluster(reg.store_uri, reg.store_uuid, store.data_version(), settings.clustering)
+    counts = {
         "prompts": len(reg.prompts),
         "new": reg.new,
+        **{k: extraction[k] for k in ("computed", "cached", "stored", "failed")},
+    }
+    report = evaluate_and_report(settings, reg.store_uri, reg.store_uuid, clusters["run"], counts)
+    publish_report(report, counts)
+    store.consolidate()
+    return {
+        "store": reg.store_uri,
+        "report": report["html"],
+        **counts,
         "extraction": extraction,
         "concepts": concepts,
+        "clusters": clusters,
+        "cluster_rows": report["cluster_rows"],
+        "findings": report["findings"],
     }
+
+
+def publish_report(report: dict, counts: dict) -> None:
+    """The run's artifacts: the report (markdown), the cluster table, a link to the HTML file."""
+    header = (
+        "| prompts | new | computed | cached | already stored | failed |\n|---|---|---|---|---|---|\n"
+        f"| {counts['prompts']} | {counts['new']} | {counts['computed']} | {counts['cached']} | "
+        f"{counts['stored']} | {counts['failed']} |\n\n"
+    )
+    create_markdown_artifact(key="refusal-atlas-report", markdown=header + report["markdown"],
+                             description="Clusters of refusal directions, their evaluation and plots")
+    if report["cluster_rows"]:
+        create_table_artifact(key="refusal-atlas-clusters", table=report["cluster_rows"],
+                              description="One row per cluster, raw and residual spaces")
+    create_link_artifact(key="refusal-atlas-report-html", link=f"file://{report['html']}",
+                         link_text="HTML report", description="The self-contained HTML report")

@@ -127,8 +127,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"refusal-atlas: invalid settings:\n{err}", file=sys.stderr)
         return 2
     result = refusal_atlas(settings)
-    print(json.dumps(result, indent=2, default=str))
+    print(run_summary(result))
     return 0
+
+
+def run_summary(result: dict) -> str:
+    """What a person wants to read when a run ends: counts, clusters, examples, where things are."""
+    lines = [
+        "",
+        f"prompts {result['prompts']}: {result['new']} new; {result['computed']} computed, "
+        f"{result['cached']} cached, {result['stored']} already stored, {result['failed']} failed",
+    ]
+    for failure in result["extraction"]["failures"][:5]:
+        lines.append(f"  failed: {failure['reason']}")
+    clusters = result["clusters"]
+    for space, info in clusters["spaces"].items():
+        marker = " (defines the cluster directions)" if space == clusters["chosen"] else ""
+        noise = info.get("noise_share")
+        lines.append(f"{space} directions{marker}: {info['n_clusters']} clusters of {info['n_points']} prompts, "
+                     f"noise {noise:.0%}" if noise is not None else f"{space}: {info['n_clusters']} clusters")
+        for row in (r for r in result["cluster_rows"] if r["space"] == space):
+            lines.append(f"  cluster {row['cluster']}: {row['size']} prompts, layer {row['layer']}, "
+                         f"top categories {row['top_categories'] or '-'}")
+            lines.append(f"    e.g. {row['examples']}")
+    lines.append("findings:")
+    lines.extend(f"  - {finding}" for finding in result["findings"])
+    lines.append(f"store:  {result['store']}  (refusal-atlas inspect {result['store']})")
+    lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

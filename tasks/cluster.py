@@ -46,8 +46,6 @@ Space = Literal["raw", "residual"]
 SPACES: tuple[Space, ...] = ("raw", "residual")
 #: Exemplar prompts kept per cluster.
 N_EXEMPLARS = 5
-#: Most rows HDBSCAN is fitted on before the rest are assigned with approximate_predict.
-DEFAULT_FIT_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,7 @@ def fit_hdbscan(embedding: np.ndarray, settings: ClusterSettings, n_jobs: int | 
     return hdbscan.HDBSCAN(**hdbscan_params(settings, n_jobs)).fit(np.ascontiguousarray(embedding, dtype=np.float64))
 
 
-def fit_and_assign(embedding: np.ndarray, settings: ClusterSettings, fit_rows: int | None, n_jobs: int | None = None):
+def fit_and_assign(embedding: np.ndarray, settings: ClusterSettings, n_jobs: int | None = None):
     """(clusterer, labels [n], probabilities [n], outlier scores [n], fitted [n] bool).
 
     HDBSCAN's neighbour queries cost far more than linear time in 32 dimensions (100,000 rows:
@@ -159,6 +157,7 @@ def fit_and_assign(embedding: np.ndarray, settings: ClusterSettings, fit_rows: i
     import hdbscan
 
     n = embedding.shape[0]
+    fit_rows = settings.fit_rows
     fitted = np.ones(n, dtype=bool)
     if fit_rows is not None and n > fit_rows:
         fitted[:] = False
@@ -196,7 +195,6 @@ def cluster_space(
     settings: ClusterSettings,
     common: np.ndarray | None = None,
     n_jobs: int | None = None,
-    fit_rows: int | None = DEFAULT_FIT_ROWS,
 ) -> SpaceClustering:
     """Cluster unit rows [n, D] in one space (see the module docstring for the steps)."""
     if space == "residual" and common is None:
@@ -211,7 +209,7 @@ def cluster_space(
     else:
         embedding = np.asarray(x.compute(), dtype=np.float64)
     projection = Projection(common if space == "residual" else None, basis)
-    clusterer, labels, probabilities, outlier_scores, fitted = fit_and_assign(embedding, settings, fit_rows, n_jobs)
+    clusterer, labels, probabilities, outlier_scores, fitted = fit_and_assign(embedding, settings, n_jobs)
     n_clusters = int(labels.max(initial=-1)) + 1
     sums = member_sums(unit, labels, n_clusters)
     space_sums = sums if space == "raw" else member_sums(x, labels, n_clusters)
@@ -239,20 +237,19 @@ def cluster_directions(
     settings: ClusterSettings,
     row_layer: np.ndarray | None = None,
     n_jobs: int | None = None,
-    fit_rows: int | None = DEFAULT_FIT_ROWS,
 ) -> ClusterComparison:
     """Cluster directions [N, D] in the raw and the residual space.
 
     Rows that are not finite or are zero (failed prompts) are dropped and counted; `rows` in
-    the result maps clustered rows back to the input. Beyond fit_rows rows HDBSCAN is fitted on
-    a seeded subsample and the rest are assigned (see `fit_and_assign`); None fits every row.
+    the result maps clustered rows back to the input. Beyond settings.fit_rows rows HDBSCAN is fitted
+    on a seeded subsample and the rest are assigned (see `fit_and_assign`); None fits every row.
     """
     unit, keep = unit_rows(directions)
     if keep.size == 0:
         raise ClusteringError("no finite, non-zero directions to cluster: are any rows done?")
     common, mean_cosine = common_direction(unit)
-    raw = cluster_space(unit, "raw", settings, n_jobs=n_jobs, fit_rows=fit_rows)
-    residual = cluster_space(unit, "residual", settings, common=common, n_jobs=n_jobs, fit_rows=fit_rows)
+    raw = cluster_space(unit, "raw", settings, n_jobs=n_jobs)
+    residual = cluster_space(unit, "residual", settings, common=common, n_jobs=n_jobs)
     n = directions.shape[0]
     layer = np.full(n, -1, dtype=np.int64) if row_layer is None else np.asarray(row_layer, dtype=np.int64)
     return ClusterComparison(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.cluster import DEFAULT_FIT_ROWS, SPACES, ClusterComparison, cluster_directions, cluster_layer_of
+from tasks.cluster import SPACES, ClusterComparison, cluster_directions, cluster_layer_of
 from tasks.cluster_geometry import ClusteringError, select_layer
 from tasks.cluster_metrics import ClusterMetrics, compute_metrics
 from tasks.settings import ClusterSettings
@@ -48,7 +48,6 @@ def cluster_store(
     settings: ClusterSettings,
     n_jobs: int | None = None,
     write: bool = True,
-    fit_rows: int | None = DEFAULT_FIT_ROWS,
 ) -> StoreClustering:
     """Cluster the store's done rows whose label is in settings.labels, and write the run.
 
@@ -66,7 +65,7 @@ def cluster_store(
     direction = ds["direction"].data[chosen]  # [n, L, D] dask
     best = np.asarray(ds["best_layer"].values)[chosen]
     picked, row_layer = select_layer(direction, store.layers, settings.layer, best)
-    comparison = cluster_directions(picked, settings, row_layer, n_jobs, fit_rows)
+    comparison = cluster_directions(picked, settings, row_layer, n_jobs)
     kept = chosen[comparison.rows]
     categories = [c if c else None for c in np.asarray(ds["category"].values, dtype=object)[kept]]
     rows = ClusteredRows(

@@ -10,28 +10,32 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from tasks import concepts, extraction, registration
-from tasks.settings import AtlasSettings, DirectionSettings, EngineSettings, ModelSettings
+from tasks import analysis, concepts, extraction, registration
+from tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, EngineSettings, ModelSettings
 
 # A row is determined by the prompt (id and text hash), the model (fingerprint), the method
 # (direction settings) and the store it lives in (its UUID, so a fresh store never reuses stale
 # records), and by this code. Where the row sits, which settings spelt the model's location and
 # how the engine batches do not change it.
 EXTRACT_CACHE = (INPUTS - "row" - "store_uri" - "model" - "engine") + TASK_SOURCE
+# A clustering is determined by the rows clustered (the store's data version, which hashes the
+# store UUID, the method and the done prompt ids) and the clustering parameters.
+CLUSTER_CACHE = (INPUTS - "store_uri") + TASK_SOURCE
 
 
 def _retry_transient(task, task_run, state) -> bool:
-    """Retry unless the prompt failed for a reason a retry cannot change (RowFailed)."""
+    """Retry unless the failure is one a retry cannot change: a prompt that cannot be computed
+    (RowFailed) or bad input or settings (ValueError, e.g. too few directions to cluster)."""
     try:
         state.result()
-    except extraction.RowFailed:
+    except (extraction.RowFailed, ValueError):
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient (I/O, a worker lost)
         return True
     return True
 
 
-@task(name="register-prompts", retries=1, retry_delay_seconds=2)
+@task(name="register-prompts", retries=1, retry_delay_seconds=2, result_serializer="json")
 def register_prompts(settings: AtlasSettings) -> dict:
     """Read the prompt sources afresh and append new prompts to the store."""
     from tasks.engine import get_engine
@@ -69,7 +73,30 @@ def extract_prompt(
     )
 
 
-@task(name="concept-vectors", retries=2, retry_delay_seconds=2)
+@task(name="concept-vectors", retries=2, retry_delay_seconds=2, result_serializer="json")
 def concept_vectors(store_uri: str, store_uuid: str) -> dict:
     """Option 2 directions and the difference-in-means baseline from the done rows."""
     return concepts.compute_concepts(store_uri, store_uuid)
+
+
+@task(
+    name="cluster-directions",
+    cache_policy=CLUSTER_CACHE,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+)
+def cluster(store_uri: str, store_uuid: str, data_version: str, settings: ClusterSettings) -> dict:
+    """HDBSCAN over the done directions, raw and residual; the run is written to the store."""
+    return analysis.cluster_step(store_uri, store_uuid, data_version, settings)
+
+
+@task(name="evaluate-and-report", retries=1, retry_delay_seconds=2, result_serializer="json",
+      retry_condition_fn=_retry_transient)
+def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str, run_name: str,
+                        run_summary: dict) -> dict:
+    """Evaluate the cluster directions against the baseline and random controls; write the report."""
+    return analysis.evaluate_and_report(settings, store_uri, store_uuid, run_name, run_summary)

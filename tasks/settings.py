@@ -177,6 +177,14 @@ class ClusterSettings(_Settings):
     min_cluster_size: int = Field(5, ge=2, description="HDBSCAN min_cluster_size.")
     min_samples: int | None = Field(None, ge=1, description="HDBSCAN min_samples (empty: min_cluster_size).")
     selection: Literal["eom", "leaf"] = Field("eom", description="HDBSCAN cluster_selection_method.")
+    fit_rows: int | None = Field(
+        20_000,
+        ge=2,
+        description=(
+            "Fit HDBSCAN on at most this many rows (a seeded subsample) and assign the rest with "
+            "approximate_predict; HDBSCAN's cost grows much faster than linearly. Empty: fit every row."
+        ),
+    )
     bootstraps: int = Field(
         10, ge=0, description="Bootstrap subsamples for the stability score (ARI between clusterings)."
     )

@@ -141,7 +141,7 @@ def test_numpy_and_dask_inputs_give_the_same_clustering():
 
 def test_large_sets_fit_a_subsample_and_assign_the_rest(clean):
     x, truth, _, full = clean
-    comparison = cluster_directions(x, SETTINGS, fit_rows=600)
+    comparison = cluster_directions(x, SETTINGS.model_copy(update={"fit_rows": 600}))
     for space in ("raw", "residual"):
         result = comparison.space(space)
         assert result.fitted.sum() == 600
