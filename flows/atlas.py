@@ -133,8 +133,10 @@ def publish_report(report: dict, counts: dict) -> None:
     )
     create_markdown_artifact(key="refusal-atlas-report", markdown=header + report["markdown"],
                              description="Clusters of refusal directions, their evaluation and plots")
-    if report["cluster_rows"]:
-        create_table_artifact(key="refusal-atlas-clusters", table=report["cluster_rows"],
-                              description="One row per cluster, raw and residual spaces")
+    # The table exists even when nothing clustered, so that its absence never reads as a bug.
+    table = report["cluster_rows"] or [{"space": "raw and residual", "cluster": None, "size": 0,
+                                        "examples": "no clusters were found"}]
+    create_table_artifact(key="refusal-atlas-clusters", table=table,
+                          description="One row per cluster, raw and residual spaces")
     create_link_artifact(key="refusal-atlas-report-html", link=f"file://{report['html']}",
                          link_text="HTML report", description="The self-contained HTML report")

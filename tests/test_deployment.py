@@ -297,17 +297,6 @@ def _serve_command() -> list[str]:
     return [sys.executable, "-m", "flows.serve"]
 
 
-def _report_step_present() -> bool:
-    """Whether the flow publishes the report artifacts yet.
-
-    The report step is being added to flows/atlas.py alongside this test; until it is there the
-    test checks the artifacts that exist and warns about the ones it could not. Delete this guard
-    once the report step has landed.
-    """
-    sources = [ROOT / "flows" / "atlas.py", *sorted((ROOT / "tasks").glob("*.py"))]
-    return any(REPORT_KEY in path.read_text() for path in sources)
-
-
 COUNTS = re.compile(r"directions: (\d+) computed, (\d+) cached, (\d+) already stored, (\d+) failed")
 NEW_ROWS = re.compile(r"; (\d+) new rows in ")
 
@@ -625,20 +614,14 @@ def test_deployment_runs_schedule_and_ui(stack):
         for run_summary in (summary, incremental):
             progress = [a for a in run_summary["artifacts"] if a.type == "progress"]
             assert progress and all(float(a.data) == 100.0 for a in progress), progress
-        if _report_step_present():
-            keys = {a.key for a in summary["parent_artifacts"]}
-            assert {REPORT_KEY, CLUSTERS_KEY} <= keys, f"the run's artifacts are {keys}"
-            # Prefect stores a link artifact as markdown of the form [text](url).
-            assert any(re.search(r"\]\([^)]*\.html\)", str(a.data)) for a in summary["parent_artifacts"]), (
-                "no link artifact to the HTML report")
-            report = next(a for a in incremental["parent_artifacts"] if a.key == REPORT_KEY)
-            words = [w for w in ("new", "cached", "stored", "failed") if w not in str(report.data).lower()]
-            assert not words, f"the scheduled run's report does not say how many prompts were {words}"
-        else:
-            import warnings
-
-            warnings.warn("the flow has no report step yet: the report, cluster table and link "
-                          "artifacts were not checked", stacklevel=1)
+        keys = {a.key for a in summary["parent_artifacts"]}
+        assert {REPORT_KEY, CLUSTERS_KEY} <= keys, f"the run's artifacts are {keys}"
+        # Prefect stores a link artifact as markdown of the form [text](url).
+        assert any(re.search(r"\]\([^)]*\.html\)", str(a.data)) for a in summary["parent_artifacts"]), (
+            "no link artifact to the HTML report")
+        report = next(a for a in incremental["parent_artifacts"] if a.key == REPORT_KEY)
+        words = [w for w in ("new", "cached", "stored", "failed") if w not in str(report.data).lower()]
+        assert not words, f"the scheduled run's report does not say how many prompts were {words}"
 
         report = next((a for a in summary["parent_artifacts"] if a.key == REPORT_KEY), None)
         shots = _browser_check(stack, first, summary["subflows"]["extract-directions"], report)
