@@ -184,3 +184,52 @@ def test_dask_workers_give_the_thread_runner_directions(prefect_harness, model_d
     assert finite.sum() == 12  # 6 harmful prompts at 2 layers
     cos = (left[finite] * right[finite]).sum(-1) / np.linalg.norm(left[finite], axis=-1) / np.linalg.norm(right[finite], axis=-1)
     assert cos.min() >= 0.999
+
+
+def _artifacts(flow_run_id):
+    """Artifacts of a flow run and of its subflow runs, through the API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        ids = [flow_run_id, *(c.id for c in children)]
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+
+
+def test_artifacts_have_the_expected_keys_and_content(prefect_harness, model_dir, tmp_path):
+    from flows.atlas import refusal_atlas
+
+    harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL, "harmful")
+    harmless = _prompts_file(tmp_path / "harmless.jsonl", HARMLESS, "harmless")
+    settings = _settings(model_dir, tmp_path, [harmful, harmless], report_dir=str(tmp_path / "report"))
+    state = refusal_atlas(settings, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    artifacts = _artifacts(state.state_details.flow_run_id)
+    by_key = {a.key: a for a in artifacts if a.key}
+    assert {"refusal-atlas-report", "refusal-atlas-clusters", "refusal-atlas-report-html"} <= set(by_key)
+
+    report = str(by_key["refusal-atlas-report"].data)
+    assert "| prompts | new | computed | cached | already stored | failed |" in report
+    assert f"| {len(HARMFUL) + len(HARMLESS)} | {len(HARMFUL) + len(HARMLESS)} |" in report
+    assert "Raw and residual clustering side by side" in report and "data:image/png;base64," in report
+
+    table = json.loads(by_key["refusal-atlas-clusters"].data)
+    assert table and {"space", "cluster", "size", "examples"} <= set(table[0])
+    clusters = result["clusters"]["spaces"]
+    assert sum(1 for row in table if row.get("cluster") is not None) == sum(s["n_clusters"] for s in clusters.values())
+
+    html = Path(result["report"])
+    assert html.is_file() and html.parent == tmp_path / "report"
+    assert str(html) in str(by_key["refusal-atlas-report-html"].data)
+
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert len(progress) == 1 and float(progress[0].data) == 100.0
