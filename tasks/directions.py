@@ -67,7 +67,8 @@ def option1(
     """Run Option 1 for queries 0..Q-1. `gradient` [Q] bool limits the walk to some queries;
     the others get h0, f0 and log-odds only (their other outputs are NaN)."""
     everyone = torch.arange(n_queries)
-    first = evaluate(everyone, None, True)
+    # A batch where no query walks (harmless prompts only) needs h_0 and f_0, not a gradient.
+    first = evaluate(everyone, None, gradient is None or bool(gradient.any()))
     device = first.f.device
     everyone = everyone.to(device)
     walk = torch.ones(n_queries, dtype=torch.bool, device=device) if gradient is None else gradient.to(device).clone()
@@ -82,7 +83,8 @@ def option1(
     rising = walk & (f0 < early_stop) if early_stop is not None else walk.clone()
     delta = torch.zeros_like(h0)
     walking = walk.nonzero().flatten()
-    delta[walking] = _unit_steps(first.grad[walking], size[walking], walking, errors, "h_0")
+    if len(walking):
+        delta[walking] = _unit_steps(first.grad[walking], size[walking], walking, errors, "h_0")
     walk &= torch.tensor([e is None for e in errors], device=device)
     point = h0 + torch.where(rising.unsqueeze(-1), delta, torch.zeros_like(delta))
     anchor = h0 - delta

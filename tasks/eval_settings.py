@@ -27,11 +27,11 @@ class EvalSettings(BaseModel):
             "direction at a layer (cluster, baseline, random) gets the same norm."
         ),
     )
-    n_random: int = Field(5, ge=0, le=100, description="Random unit directions per layer, as controls.")
+    n_random: int = Field(3, ge=0, le=100, description="Random unit directions per layer, as controls.")
     n_harmless: int = Field(
-        32, ge=1, description="Harmless prompts (a seeded sample) for induce and side effects."
+        16, ge=1, description="Harmless prompts (a seeded sample) for induce and side effects."
     )
-    n_harmful: int = Field(32, ge=1, description="Harmful prompts (a seeded sample) for bypass.")
+    n_harmful: int = Field(16, ge=1, description="Harmful prompts (a seeded sample) for bypass.")
     n_generate: int = Field(
         8,
         ge=0,
@@ -40,7 +40,7 @@ class EvalSettings(BaseModel):
     max_new_tokens: int = Field(24, ge=1, le=512, description="Tokens generated per reply.")
     batch_size: int = Field(16, ge=1, le=512, description="Prompts per forward pass.")
     n_specificity: int = Field(
-        8,
+        4,
         ge=1,
         description="Member prompts per cluster (its exemplars first) for the specificity matrix.",
     )
