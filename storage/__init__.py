@@ -6,7 +6,13 @@ This package imports neither torch, prefect, ``tasks`` nor ``flows``.
 """
 
 from storage.clusters import ClusterRun, cluster_run_name
-from storage.errors import StoreError, StoreLockedError, StoreMismatchError, StoreSchemaError
+from storage.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreSchemaError,
+)
 from storage.layout import (
     SCHEMA_VERSION,
     STATUS_DONE,
@@ -26,6 +32,7 @@ __all__ = [
     "AtlasStore",
     "ClusterRun",
     "PromptRecord",
+    "StoreCorruptError",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",

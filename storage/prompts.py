@@ -130,6 +130,14 @@ class PromptIndex:
         appended = list(range(n_rows, n_rows + count - len(reused)))
         return reused + appended, still_vacant, n_rows + len(appended)
 
+    def vacate(self, rows: list[int]) -> None:
+        """Forget the ids of ``rows`` (cleared in the store) and offer the rows to the next
+        registration, as if an interrupted registration had left them."""
+        with self.lock:
+            gone = set(rows)
+            self.rows = {i: r for i, r in self.rows.items() if r not in gone}
+            self.vacant = sorted(set(self.vacant) | {r for r in gone if r < self.n_read})
+
     def add(self, ids: list[str], rows: list[int], vacant: list[int], n_rows: int) -> None:
         """Record a finished registration (the results of ``assign``)."""
         with self.lock:

@@ -11,17 +11,24 @@ from typing import Any
 
 import numpy as np
 
+from storage.integrity import CheckedArray
 from storage.layout import LAYER, PROMPT, PROMPT_TABLE, ROW_DATA, ROW_STATE
 
 
-def dask_rows(array, rows: np.ndarray | None, rows_per_chunk: int = 256):
-    """``array`` as a Dask array; if ``rows`` is given, only those rows of the prompt axis."""
+def dask_rows(array, rows: np.ndarray | None, rows_per_chunk: int = 256, uri: str = "", arrays=None):
+    """``array`` as a Dask array; if ``rows`` is given, only those rows of the prompt axis.
+
+    A chunk that does not decode raises ``StoreCorruptError`` naming the store ``uri``, the array
+    and (given the store's ``arrays``, for one-row chunks) the row.
+    """
     import dask.array as da
 
     chunks = array.chunks
     if rows is not None:
         chunks = (max(1, rows_per_chunk), *array.shape[1:])
-    lazy = da.from_zarr(array, chunks=chunks)
+    # name=False gives the graph a random name: dask cannot hash the wrapper cheaply, and the
+    # name needs only to be unique.
+    lazy = da.from_array(CheckedArray(array, uri, array.path, arrays), chunks=chunks, name=False)
     if rows is not None and not (rows.size == array.shape[0] and np.array_equal(rows, np.arange(rows.size))):
         lazy = lazy[rows]
     if lazy.dtype.kind == "T":
@@ -38,6 +45,7 @@ def prompt_dataset(
     ids_by_row: np.ndarray,
     rows_per_chunk: int,
     attrs: Mapping[str, Any],
+    uri: str = "",
 ):
     """Dataset [prompt, layer, hidden] of ``rows``: data and status as variables; prompt_id,
     the prompt table and the store row (``prompt``) as coordinates; ``layer`` = model layers."""
@@ -46,7 +54,7 @@ def prompt_dataset(
     def var(name: str):
         array = arrays[name]
         dims = tuple(array.metadata.dimension_names)
-        return xr.Variable(dims, dask_rows(array, rows, rows_per_chunk),
+        return xr.Variable(dims, dask_rows(array, rows, rows_per_chunk, uri, arrays),
                            attrs={"description": array.attrs.get("description", "")})
 
     coords = {
@@ -59,7 +67,7 @@ def prompt_dataset(
     return xr.Dataset(data, coords=coords, attrs=dict(attrs))
 
 
-def concept_dataset(group, layers: np.ndarray, ids_by_row: np.ndarray):
+def concept_dataset(group, layers: np.ndarray, ids_by_row: np.ndarray, uri: str = ""):
     """Option 2 vectors as a Dataset; ``direction`` rows line up with the store's rows."""
     import xarray as xr
 
@@ -67,7 +75,7 @@ def concept_dataset(group, layers: np.ndarray, ids_by_row: np.ndarray):
     data = {}
     for name, array in group.arrays():
         dims = tuple(array.metadata.dimension_names)
-        data[name] = (dims, dask_rows(array, None))
+        data[name] = (dims, dask_rows(array, None, uri=uri))
     coords = {
         LAYER: (LAYER, np.asarray(layers, dtype=np.int32)),
         PROMPT: (PROMPT, np.arange(n_prompts, dtype=np.int64)),

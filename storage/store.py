@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from storage.errors import StoreError
+from storage.errors import StoreError, unwritable_message
+from storage.integrity import VerifyReport, locate, verify_store
 from storage.layout import (
     PER_PROMPT,
     ROW_DATA_NAMES,
@@ -56,8 +58,19 @@ class AtlasStore(StoreResults):
         otherwise ``StoreMismatchError`` says what differs. A newer schema: ``StoreSchemaError``.
         """
         location = parse_location(uri)
-        with run_lock(location, lock_timeout):
-            ensure_store(location, spec)
+        try:
+            with run_lock(location, lock_timeout):
+                # Under the lock, a store that does not exist yet is this call's to create, and
+                # to remove again if creating it fails part way: nothing is left half made.
+                fresh = location.local_path is not None and not location.local_path.exists()
+                try:
+                    ensure_store(location, spec)
+                except BaseException:
+                    if fresh:
+                        shutil.rmtree(location.local_path, ignore_errors=True)
+                    raise
+        except OSError as err:
+            raise StoreError(unwritable_message(location.uri, err)) from err
         return cls(location, "r+")
 
     @classmethod
@@ -143,7 +156,8 @@ class AtlasStore(StoreResults):
 
     def _update_index(self, recheck_vacant: bool = False) -> None:
         ids = self._arrays["prompt_id"]
-        self._index.update(ids, ids.shape[0], recheck_vacant)
+        with self._reading(("prompt_id",)):
+            self._index.update(ids, ids.shape[0], recheck_vacant)
 
     def row_of(self, prompt_id: str) -> int:
         """The row of a registered prompt id (``KeyError`` if it is not registered)."""
@@ -220,11 +234,34 @@ class AtlasStore(StoreResults):
     def read_rows(self, rows: Iterable[int], names: Iterable[str] = ROW_DATA_NAMES) -> dict[str, np.ndarray]:
         """``{name: values [len(rows), *row shape]}`` of the given rows, done or not (NaN if unwritten)."""
         rows = self._checked_rows(rows, unique=False)
-        return {name: self._arrays[name].get_orthogonal_selection((rows,)) for name in names}
+        names = tuple(names)
+        with self._reading(names, rows):
+            return {name: self._arrays[name].get_orthogonal_selection((rows,)) for name in names}
 
     def status(self) -> np.ndarray:
         """Status of every row, int8 [n_rows]: 0 pending, 1 done, 2 failed."""
-        return self._arrays["status"][: self.n_rows]
+        with self._reading(("status",)):
+            return self._arrays["status"][: self.n_rows]
+
+    @contextlib.contextmanager
+    def _reading(self, names: Iterable[str], rows: Iterable[int] | None = None) -> Iterator[None]:
+        """Turn a chunk that does not decode into ``StoreCorruptError`` naming its array and row."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as err:
+            found = locate(self.uri, self._arrays, names, range(self.n_rows) if rows is None else rows)
+            if found is None:
+                raise
+            raise found from err
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Report the chunks that do not decode; ``repair`` marks their rows for recomputation
+        and removes damaged groups (see ``storage.integrity``)."""
+        if repair:
+            self._writable()
+        return verify_store(self, repair)
 
     def done_rows(self) -> np.ndarray:
         """Rows whose status is done, ascending int64."""
@@ -235,7 +272,8 @@ class AtlasStore(StoreResults):
         rows = np.unique(self.rows_of(prompt_ids))
         if rows.size == 0:
             return rows
-        status = self._arrays["status"].get_orthogonal_selection((rows,))
+        with self._reading(("status",), rows):
+            status = self._arrays["status"].get_orthogonal_selection((rows,))
         todo = status != STATUS_DONE
         if not retry_failed:
             todo &= status != STATUS_FAILED
@@ -246,7 +284,8 @@ class AtlasStore(StoreResults):
         failed = np.flatnonzero(self.status() == STATUS_FAILED)
         if failed.size == 0:
             return {}
-        reasons = self._arrays["error"].get_orthogonal_selection((failed,))
+        with self._reading(("error",), failed):
+            reasons = self._arrays["error"].get_orthogonal_selection((failed,))
         return dict(zip(failed.tolist(), reasons.tolist()))
 
     def data_version(self) -> str:
@@ -260,3 +299,4 @@ class AtlasStore(StoreResults):
 
     def _reconsolidate(self) -> None:
         reconsolidate_if_present(self._store)
+
