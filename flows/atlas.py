@@ -21,7 +21,8 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from storage import AtlasStore
+from storage import STATUS_DONE, AtlasStore
+from storage.lease import run_lease
 from tasks.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
 from tasks.registration import Registration
 from tasks.settings import AtlasSettings
@@ -49,20 +50,28 @@ def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str,
     """One task per prompt row; a progress artifact and bar follow them as they finish."""
     logger = get_run_logger()
     store = AtlasStore.open(store_uri)
-    stored = store.read_rows(rows, ("prompt_id", "text_sha256"))
+    stored = store.read_rows(rows, ("prompt_id", "text_sha256", "status"))
     walk = set(gradient_rows)
-    futures = extract_prompt.map(
-        prompt_id=[str(i) for i in stored["prompt_id"]],
-        text_sha256=[str(s) for s in stored["text_sha256"]],
-        row=rows,
-        gradient=[r in walk for r in rows],
-        store_uri=unmapped(store_uri),
-        store_uuid=unmapped(store_uuid),
-        fingerprint=unmapped(fingerprint),
-        model=unmapped(settings.model),
-        directions=unmapped(settings.directions),
-        engine=unmapped(settings.engine),
-    )
+    # A row the store does not hold as done is computed whatever Prefect's cache says: a cache
+    # record can outlive its row (one that `refusal-atlas inspect --repair` marked pending).
+    done = stored["status"] == STATUS_DONE
+    futures = []
+    for mapped, picked in ((extract_prompt, done), (extract_prompt.with_options(refresh_cache=True), ~done)):
+        at = [i for i in range(len(rows)) if picked[i]]
+        if not at:
+            continue
+        futures += mapped.map(
+            prompt_id=[str(stored["prompt_id"][i]) for i in at],
+            text_sha256=[str(stored["text_sha256"][i]) for i in at],
+            row=[rows[i] for i in at],
+            gradient=[rows[i] in walk for i in at],
+            store_uri=unmapped(store_uri),
+            store_uuid=unmapped(store_uuid),
+            fingerprint=unmapped(fingerprint),
+            model=unmapped(settings.model),
+            directions=unmapped(settings.directions),
+            engine=unmapped(settings.engine),
+        )
     progress = create_progress_artifact(0.0, description=f"Prompts with directions in {store_uri}")
     # computed: run now; cached: Prefect's cache answered; stored: the store already had the row.
     counts = {"computed": 0, "cached": 0, "stored": 0, "failed": 0}
@@ -93,6 +102,15 @@ def refusal_atlas(settings: AtlasSettings = AtlasSettings()) -> dict:
     logger = get_run_logger()
     reg = Registration.from_dict(register_prompts(settings))
     logger.info("%s; %d new rows in %s", reg.read_summary, reg.new, reg.store_uri)
+    # One run at a time computes on a store (storage/lease.py): a second run has registered its
+    # prompts (safe at any time) and stops here, naming the run that holds the store.
+    with run_lease(reg.store_uri):
+        return _compute(settings, reg)
+
+
+def _compute(settings: AtlasSettings, reg: Registration) -> dict:
+    """The run after registration: directions, concept vectors, clusters, evaluation, report."""
+    logger = get_run_logger()
     rows = [p.row for p in reg.prompts]
     gradient_rows = [p.row for p in reg.prompts if p.gradient]
     runner = task_runner(settings)

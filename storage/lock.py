@@ -113,13 +113,16 @@ class FileLock:
         finally:
             os.close(fd)
 
-    def _locked_message(self) -> str:
+    def holder(self) -> tuple[str, str, str]:
+        """(pid, host, since) of the process that holds the lock, as far as the file says."""
         try:
             holder = json.loads(self.path.read_text() or "{}")
         except (OSError, ValueError):
             holder = {}
-        pid, host = holder.get("pid", "?"), holder.get("host", "?")
-        since = holder.get("since", "an unknown time")
+        return holder.get("pid", "?"), holder.get("host", "?"), holder.get("since", "an unknown time")
+
+    def _locked_message(self) -> str:
+        pid, host, since = self.holder()
         return (
             f"the store's run lock {self.path} is held by pid {pid} on host {host} since {since}. "
             "Another refusal-atlas process is registering prompts in this store; wait for it to "

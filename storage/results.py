@@ -54,7 +54,7 @@ class StoreResults:
         if group is None:
             raise KeyError(f"{self.uri} has no complete concept vectors; run write_concept first")
         ids = self.prompt_ids()
-        return _read.concept_dataset(group, self.layers, ids)
+        return _read.concept_dataset(group, self.layers, ids, self.uri)
 
     def write_cluster_run(self, name: str, arrays: Mapping[str, tuple], attrs: Mapping[str, Any]) -> None:
         """Write the clustering run ``clusters/<name>``; see ``storage.clusters``."""
@@ -83,7 +83,7 @@ class StoreResults:
         status = self.status()
         rows = np.flatnonzero(status == STATUS_DONE) if done_only else np.arange(status.size)
         return _read.prompt_dataset(self._arrays, rows, self.layers, self.prompt_ids(),
-                                    rows_per_chunk, {ATTRS_KEY: self.provenance})
+                                    rows_per_chunk, {ATTRS_KEY: self.provenance}, self.uri)
 
     def dask_array(self, name: str, done_only: bool = True, rows_per_chunk: int = 256):
         """One array (e.g. "direction" or "concept/direction") as a Dask array.
@@ -94,12 +94,16 @@ class StoreResults:
         rows = None
         if array.metadata.dimension_names[:1] == (PROMPT,) and "/" not in name:
             rows = self.done_rows() if done_only else np.arange(self.n_rows)
-        return _read.dask_rows(array, rows, rows_per_chunk)
+        return _read.dask_rows(array, rows, rows_per_chunk, self.uri, self._arrays)
 
     def consolidate(self) -> None:
         """Write consolidated metadata (one read opens the store), e.g. at the end of a run.
 
         Later registrations and group writes re-consolidate, so the summary never goes stale.
+        Under the run lock, so that it cannot interleave with another process's registration
+        and record shapes older than that registration's.
         """
-        consolidate(self._store)
+        self._writable()
+        with self.lock(GROUP_LOCK_TIMEOUT):
+            consolidate(self._store)
 
