@@ -7,6 +7,7 @@ reason, never done, so a rerun retries exactly the rows that are missing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 
 import numpy as np
@@ -35,6 +36,21 @@ def row_arrays(result: PromptDirections) -> dict[str, np.ndarray]:
         "steps_taken": result.steps,
         "best_layer": np.int16(result.best_layer),
     }
+
+
+def row_problem(result: PromptDirections, layers: list[int]) -> str | None:
+    """Why a computed row must not count as done: the engine's own reason (a zero or non-finite
+    gradient, a non-finite f), or a non-finite h_0 or f(h_0), which every row needs, those that
+    take no gradient steps too (harmless rows anchor Option 2 with their h_0)."""
+    if result.error is not None:
+        return result.error
+    problems = []
+    for layer, h0, f0 in zip(layers, result.h0, result.f0):
+        if not np.isfinite(h0).all():
+            problems.append(f"layer {layer}: h_0 is not finite")
+        elif not np.isfinite(f0):
+            problems.append(f"layer {layer}: f(h_0) is not finite")
+    return "; ".join(problems) or None
 
 
 def summary(prompt_id: str, row: int, data: dict, computed: bool) -> dict:
@@ -87,9 +103,18 @@ def extract_row(
     except ValueError as err:  # rendering: too long for the context, an unusable template
         store.mark_failed(row, str(err))
         raise RowFailed(f"prompt {prompt_id}: {err}") from err
-    if result.error is not None:
-        store.mark_failed(row, result.error)
-        raise RowFailed(f"prompt {prompt_id}: {result.error}")
+    problem = row_problem(result, runner.layers)
+    if problem is not None:
+        store.mark_failed(row, problem)
+        raise RowFailed(f"prompt {prompt_id}: {problem}")
     data = row_arrays(result)
-    store.write_row(row, data)
+    try:
+        store.write_row(row, data)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Same errno, so callers still see a full disk; the words say what it means for the run.
+        raise OSError(err.errno, f"the disk holding {store_uri} is full ({err.strerror}): row {row} "
+                      f"(prompt {prompt_id}) was not written and stays pending; rows already written "
+                      "are kept. Free space, then rerun the same command.") from err
     return summary(prompt_id, row, data, computed=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
+from storage import StoreError
 from tasks import analysis, concepts, extraction, registration
+from tasks.models import ModelLoadError
 from tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, EngineSettings, ModelSettings
 
 # A row is determined by the prompt (id and text hash), the model (fingerprint), the method
@@ -25,17 +27,23 @@ CLUSTER_CACHE = (INPUTS - "store_uri") + TASK_SOURCE
 
 def _retry_transient(task, task_run, state) -> bool:
     """Retry unless the failure is one a retry cannot change: a prompt that cannot be computed
-    (RowFailed) or bad input or settings (ValueError, e.g. too few directions to cluster)."""
+    (RowFailed), bad input or settings (ValueError, e.g. too few directions to cluster, a prompt
+    file or chat template that cannot be used; LookupError, e.g. a layer the model does not have)
+    or a store that refuses (StoreError: held by another run, damaged, or not writable)."""
     try:
         state.result()
-    except (extraction.RowFailed, ValueError):
+    except (extraction.RowFailed, ValueError, LookupError, StoreError):
         return False
+    except ModelLoadError as err:
+        # A path that does not exist stays missing; reading the hub or a file may work next time.
+        return isinstance(err.__cause__, OSError)
     except Exception:  # noqa: BLE001 - anything else may be transient (I/O, a worker lost)
         return True
     return True
 
 
-@task(name="register-prompts", retries=1, retry_delay_seconds=2, result_serializer="json")
+@task(name="register-prompts", retries=1, retry_delay_seconds=2, result_serializer="json",
+      retry_condition_fn=_retry_transient)
 def register_prompts(settings: AtlasSettings) -> dict:
     """Read the prompt sources afresh and append new prompts to the store."""
     from tasks.engine import get_engine

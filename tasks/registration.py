@@ -19,6 +19,8 @@ from tasks.prompts import load_prompts
 from tasks.settings import AtlasSettings
 
 _PACKAGES = ("refusal-atlas", "torch", "transformers", "prefect", "hdbscan", "dask")
+# A plain instruction that every usable chat template renders verbatim.
+_PROBE_TEXT = "Tell me about the sea."
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,14 @@ def writable_store(uri: str, store_uuid: str) -> AtlasStore:
 
 
 def register(settings: AtlasSettings, engine: DirectionEngine) -> Registration:
-    """Read every prompt source, append the new prompts to the store, and list the work."""
+    """Read every prompt source, append the new prompts to the store, and list the work.
+
+    Everything that would fail for every prompt is checked before the store is touched: the
+    prompt files, and whether the chat template can give the position asked for (a template that
+    rewrites the user's text has no 'instruction_end'), so such a run writes nothing.
+    """
     prompts = load_prompts(settings.prompts)
+    engine.render(_PROBE_TEXT)  # raises ChatTemplateError, naming the position to use instead
     store = AtlasStore.create_or_open(settings.store, store_spec(engine, settings))
     before = store.n_rows
     rows = store.register_prompts(
