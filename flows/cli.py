@@ -120,13 +120,26 @@ def settings_from_args(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.atlas import refusal_atlas
+    from flows.failures import explain, short_tracebacks
 
     try:
         settings = settings_from_args(args)
     except ValidationError as err:
         print(f"refusal-atlas: invalid settings:\n{err}", file=sys.stderr)
         return 2
-    result = refusal_atlas(settings)
+    # A failure the user can act on (bad input, a lost API, a full disk, a busy or damaged store)
+    # ends in one paragraph that says what is kept and how to resume; anything else is a bug and
+    # keeps its traceback.
+    try:
+        with short_tracebacks():
+            result = refusal_atlas(settings)
+    except Exception as err:
+        failure = explain(err, settings.store)
+        if failure is None:
+            raise
+        print(f"refusal-atlas: {failure.message}", file=sys.stderr)
+        args.exit_at_once = failure.api_lost
+        return failure.code
     print(run_summary(result))
     return 0
 
@@ -158,10 +171,11 @@ def run_summary(result: dict) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from tasks.inspection import describe
+    from tasks.inspection import inspect_store
 
-    print(describe(args.store))
-    return 0
+    text, healthy = inspect_store(args.store, verify=args.verify, repair=args.repair)
+    print(text)
+    return 0 if healthy else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     inspect = commands.add_parser("inspect", help="Print what an atlas store holds.")
     inspect.add_argument("store", help="Store path or fsspec URL.")
+    inspect.add_argument("--verify", action="store_true",
+                         help="Read every chunk that matters and list those that are damaged (exit 1 if any).")
+    inspect.add_argument("--repair", action="store_true",
+                         help="Verify, then mark the rows of damaged chunks for recomputation and remove damaged "
+                         "groups, so that the next run computes them again.")
     inspect.set_defaults(func=_cmd_inspect)
     from flows import serve as serve_command
 
@@ -191,7 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    code = args.func(args)
+    if getattr(args, "exit_at_once", False) and argv is None:
+        # The Prefect API is gone: at exit, Prefect would try to deliver every queued event
+        # again, several seconds each, for minutes. The store is complete (every write has
+        # returned), so the command ends now; only as the command (argv None), never under a
+        # caller of main() that keeps its own interpreter.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -6,7 +6,22 @@ from collections import Counter
 
 import numpy as np
 
-from storage import STATUS_DONE, STATUS_FAILED, AtlasStore
+from storage import STATUS_DONE, STATUS_FAILED, AtlasStore, StoreCorruptError
+
+
+def inspect_store(uri: str, verify: bool = False, repair: bool = False) -> tuple[str, bool]:
+    """`refusal-atlas inspect`: the description, after checking (``verify``) or mending
+    (``repair``) every chunk; False when damage remains (a damaged store still gets described
+    as far as it reads, with the damage named)."""
+    report = AtlasStore.open(uri, "r+" if repair else "r").verify(repair=repair) if verify or repair else None
+    try:
+        text, healthy = describe(uri), True
+    except StoreCorruptError as err:
+        text, healthy = f"store       {uri}\ndamaged     {err}", False
+    if report is not None:
+        text += "\n" + report.summary()
+        healthy = healthy and (report.ok or report.repaired)
+    return text, healthy
 
 
 def describe(uri: str) -> str:
