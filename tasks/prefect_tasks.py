@@ -7,6 +7,8 @@ runs and processes.
 
 from __future__ import annotations
 
+import errno
+
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
@@ -29,7 +31,8 @@ def _retry_transient(task, task_run, state) -> bool:
     """Retry unless the failure is one a retry cannot change: a prompt that cannot be computed
     (RowFailed), bad input or settings (ValueError, e.g. too few directions to cluster, a prompt
     file or chat template that cannot be used; LookupError, e.g. a layer the model does not have)
-    or a store that refuses (StoreError: held by another run, damaged, or not writable)."""
+    or a store that refuses (StoreError: held by another run, damaged, or not writable), or a
+    full disk."""
     try:
         state.result()
     except (extraction.RowFailed, ValueError, LookupError, StoreError):
@@ -37,6 +40,9 @@ def _retry_transient(task, task_run, state) -> bool:
     except ModelLoadError as err:
         # A path that does not exist stays missing; reading the hub or a file may work next time.
         return isinstance(err.__cause__, OSError)
+    except OSError as err:
+        # A full disk needs a person to free space, not another try a second later.
+        return err.errno not in (errno.ENOSPC, errno.EDQUOT)
     except Exception:  # noqa: BLE001 - anything else may be transient (I/O, a worker lost)
         return True
     return True
