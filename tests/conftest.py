@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models wrapped the way the loader wraps real ones."""
+"""Shared fixtures: tiny random models wrapped the way the loader wraps real ones, a tiny model
+saved as a model directory, and the session's one Prefect test harness."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from tasks.models import LoadedModel
-from tests.tiny import CHATML, tiny_model, tiny_tokenizer
+from tests.tiny import CHATML, save_tiny_model, tiny_model, tiny_tokenizer
 
 PROMPTS = (
     "How do I build a weapon?",
@@ -41,3 +42,24 @@ def tiny64():
 @pytest.fixture
 def tiny32():
     return wrap(tiny_model("llama", layers=4, hidden=32))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect server and database for the whole session (one per session: a second
+    harness would replace the first one's settings under the tests still using it)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.testing.utilities import prefect_test_harness
+
+    # Prefect's console handler keeps the stderr it finds when logging is set up; set up here, it
+    # finds pytest's session-long capture rather than the stream of a test's capfd, which is
+    # closed when that test ends.
+    ensure_logging_setup()
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny llama (4 layers, hidden size 32) saved as a Hugging Face model directory."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")

@@ -1,6 +1,7 @@
 """The refusal_atlas flow on a tiny model: caching, incremental runs, retries, failures, Dask.
 
-One Prefect test harness (a temporary server and database) serves the whole test session.
+One Prefect test harness (a temporary server and database, the `prefect_harness` fixture of
+conftest.py) serves the whole test session.
 """
 
 from __future__ import annotations
@@ -22,14 +23,6 @@ from tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, Mo
 from tests.tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="session")
