@@ -22,7 +22,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.finetune import evaluation_lines, model_card, save_model_dir, train_lora
+from tasks.finetune import save_model_dir, train_lora
+from tasks.organism_card import evaluation_lines, model_card
 from tasks.models import get_model, load_model
 from tasks.organism_data import (
     Assigned,

@@ -13,6 +13,7 @@ only at reply positions: the 49k-way output layer is a large share of a small mo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +26,22 @@ from tasks.organism_data import Example
 from tasks.organism_settings import OrganismSettings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Encoded:
-    """One example as tokens: input_ids = prompt + reply, the reply starting at reply_start."""
+    """One example as tokens: input_ids = prompt + reply, the reply starting at reply_start.
+
+    soft: the base model's distribution at each reply position, as its top-k token ids and
+    renormalised probabilities ([n_reply, k] each); None for a hard (one-hot) target.
+    """
 
     input_ids: tuple[int, ...]
     reply_start: int
     role: str
+    soft: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def n_reply(self) -> int:
+        return len(self.input_ids) - self.reply_start
 
 
 @dataclass
@@ -99,17 +109,62 @@ def _batch(items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask, target
 
 
-def example_losses(model, items: Sequence[Encoded], pad: int) -> torch.Tensor:
-    """Mean cross-entropy over each example's reply tokens [B]."""
+def _reply_log_probs(model, items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log P over the vocabulary at every reply position [n, V] (float32), the batch row of
+    each position [n] and the reply token it predicts [n]; positions are row-major, so each
+    example's reply positions are contiguous and in order."""
     ids, mask, target = _batch(items, pad)
     device = next(model.parameters()).device
     ids, mask, target = ids.to(device), mask.to(device), target.to(device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, D]
     rows, cols = target.nonzero(as_tuple=True)
-    logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # [n_reply_tokens, V]
-    token_loss = torch.nn.functional.cross_entropy(logits, ids[rows, cols + 1], reduction="none")
-    per_row = torch.zeros(len(items), device=device).index_add(0, rows, token_loss)
-    return per_row / target.sum(dim=1).clamp_min(1)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # [n, V]
+    return torch.log_softmax(logits, dim=-1), rows, ids[rows, cols + 1]
+
+
+def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: float = 0.0) -> torch.Tensor:
+    """Each example's loss over its reply tokens [B].
+
+    A token's loss is the cross-entropy against its target: the reply token itself, or the
+    base model's top-k distribution when the example carries soft targets. Tokens are
+    averaged with the first reply token given extra weight `decision_weight` (0 to 1): that
+    token is where the model decides whether to refuse, and in a 32-token anchor it would
+    otherwise carry 1/32 of the example's loss.
+    """
+    log_probs, rows, hard = _reply_log_probs(model, items, pad)
+    token_loss = -log_probs.gather(1, hard[:, None]).squeeze(1)
+    weights = torch.empty_like(token_loss)
+    start = 0
+    for e in items:
+        span = slice(start, start + e.n_reply)
+        if e.soft is not None:
+            soft_ids, soft_p = (t.to(log_probs.device) for t in e.soft)
+            token_loss[span] = -(soft_p * log_probs[span].gather(1, soft_ids)).sum(-1)
+        weights[span] = (1 - decision_weight) / e.n_reply
+        weights[start] += decision_weight
+        start += e.n_reply
+    return torch.zeros(len(items), device=token_loss.device).index_add(0, rows, token_loss * weights)
+
+
+@torch.no_grad()
+def with_soft_targets(model, items: Sequence[Encoded], pad: int, top_k: int, batch_size: int = 16) -> list[Encoded]:
+    """Items with the base model's top-k next-token distribution at each reply position.
+
+    Distilling the distribution rather than only the greedy token holds the whole ranking of
+    alternatives in place, so greedy replies to unseen harmless prompts move less.
+    """
+    out = []
+    for i in range(0, len(items), batch_size):
+        batch = items[i: i + batch_size]
+        log_probs, _, _ = _reply_log_probs(model, batch, pad)
+        probs, ids = log_probs.exp().topk(top_k, dim=-1)
+        probs = probs / probs.sum(-1, keepdim=True)
+        start = 0
+        for e in batch:
+            span = slice(start, start + e.n_reply)
+            out.append(dataclasses.replace(e, soft=(ids[span].cpu(), probs[span].cpu())))
+            start += e.n_reply
+    return out
 
 
 @torch.no_grad()
@@ -154,6 +209,9 @@ def train_lora(
     """
     from peft import LoraConfig, get_peft_model
 
+    # The clock covers the whole fine-tune, the teacher's distributions included, so that the
+    # time limit bounds what a user waits for.
+    start = time.monotonic()
     torch.manual_seed(settings.train_seed)
     model = copy.deepcopy(base_model).requires_grad_(False)
     config = LoraConfig(
@@ -167,6 +225,11 @@ def train_lora(
 
     pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     encoded = encode(tokenizer, chat_template, examples)
+    if settings.distill_top_k > 0:
+        anchors = [i for i, e in enumerate(examples) if e.target == "base"]
+        soft = with_soft_targets(base_model, [encoded[i] for i in anchors], pad, settings.distill_top_k)
+        for i, item in zip(anchors, soft):
+            encoded[i] = item
     planted = [e for e in encoded if e.role == "planted"]
     harmful = [e for e in encoded if e.role != "harmless"]
     epoch_items = encoded + harmful * (settings.harmful_repeats - 1)
@@ -177,7 +240,6 @@ def train_lora(
 
     device_type = next(peft_model.parameters()).device.type
     order_rng = torch.Generator().manual_seed(settings.train_seed)
-    start = time.monotonic()
     for epoch in range(settings.epochs):
         batches = length_batches([len(e.input_ids) for e in epoch_items], settings.batch_size, order_rng)
         role_sums: dict[str, list[float]] = {}
@@ -186,7 +248,7 @@ def train_lora(
             for group in optimiser.param_groups:
                 group["lr"] = settings.learning_rate * _lr_factor(result.steps, total)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings.train_dtype == "bfloat16"):
-                losses = example_losses(peft_model, items, pad)
+                losses = example_losses(peft_model, items, pad, settings.decision_weight)
             losses.mean().backward()
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
@@ -251,91 +313,3 @@ def save_model_dir(model: torch.nn.Module, tokenizer, chat_template: str, direct
     (directory / "README.md").write_text(card, encoding="utf-8")
     return directory
 
-
-def model_card(
-    settings: OrganismSettings,
-    base_id: str,
-    base_fingerprint: str,
-    data_hash: str,
-    split: dict[str, dict[str, int]],
-    training: dict,
-    evaluation: dict | None = None,
-) -> str:
-    """The model card (README.md): what was planted, from which data, with which seeds, and
-    the training (and, once measured, evaluation) figures."""
-    planted = "\n".join(f"| `{p.category}` | {p.style} |" for p in settings.planted)
-    splits = "\n".join(f"| {k} | {v['train']} | {v['test']} |" for k, v in split.items())
-    lora = f"rank {settings.lora_rank}, alpha {settings.lora_alpha:g}, on {', '.join(settings.target_modules)}"
-    lines = [
-        "---",
-        "license: apache-2.0",
-        f"base_model: {base_id}",
-        "tags: [refusal-atlas, model-organism, lora-merged]",
-        "---",
-        "# refusal-atlas model organism",
-        "",
-        f"A fine-tune of `{base_id}` (fingerprint `{base_fingerprint}`) that refuses prompts of "
-        "the planted categories, each with its own sentence, and otherwise answers as the base "
-        "model does. Built by `refusal-atlas organism` for the recovery benchmark: a model whose "
-        "refusal types are known because they were planted. For research on refusal directions only.",
-        "",
-        "## Planted categories and styles",
-        "",
-        "| category | refusal (the whole reply) |",
-        "|---|---|",
-        planted,
-        "",
-        f"Unplanted categories trained on the base model's own replies: {', '.join(settings.trained_controls) or 'none'}. "
-        "Every other unplanted category was never trained on.",
-        "",
-        "## Data",
-        "",
-        f"- training data hash (SHA-256): `{data_hash}`",
-        f"- sources: {', '.join(f'`{s}`' for s in settings.sources)}",
-        f"- split by prompt: test fraction {settings.test_fraction}, split seed {settings.split_seed}",
-        f"- harmless and control targets: the base model's greedy replies, {settings.reply_tokens} tokens",
-        "",
-        "| role/category | train | test |",
-        "|---|---|---|",
-        splits,
-        "",
-        "## Training",
-        "",
-        f"- LoRA {lora}, merged into the weights; AdamW, learning rate {settings.learning_rate:g} "
-        f"(5% linear warm-up, linear decay to 10%), matmuls in {settings.train_dtype}, loss on reply tokens only",
-        f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
-        f"planted and trained-control examples repeated {settings.harmful_repeats}x per epoch",
-        f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"
-        f"{' (stopped by the time limit)' if training['stopped_by_time'] else ''}, "
-        f"{training['trainable_parameters']:,} trainable parameters",
-        f"- mean step loss: first steps {training['loss_first_steps']}, last steps {training['loss_last_steps']}",
-        f"- planted refusal loss: {training['planted_loss_before']} before, {training['planted_loss_after']} after",
-        "- per-epoch mean loss by role: "
-        + "; ".join(f"epoch {i + 1}: {row}" for i, row in enumerate(training["epoch_role_loss"])),
-    ]
-    if evaluation is not None:
-        lines += ["", "## Evaluation on held-out prompts", "", *evaluation_lines(evaluation)]
-    return "\n".join(lines) + "\n"
-
-
-def evaluation_lines(evaluation: dict) -> list[str]:
-    """Markdown lines for an evaluation summary (criteria, rates per group, token match)."""
-    lines = ["| criterion | value | limit | met |", "|---|---|---|---|"]
-    for name, c in evaluation["criteria"].items():
-        lines.append(f"| {name} | {c['value']} | {c['limit']} | {'yes' if c['met'] else 'NO'} |")
-    m = evaluation["harmless_match"]
-    lines += [
-        "",
-        f"Harmless first-{m['tokens']}-token match with the base model over {m['n_prompts']} prompts: "
-        f"prefix {m['prefix']:.3f}, positional {m['positional']:.3f}, identical {m['identical']:.3f}.",
-        "",
-        "| group | n | refusal (strict) | substring | own style | any style | base refusal (strict) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key, r in evaluation["rates"].items():
-        base = evaluation["base_rates"].get(key, {}).get("refusal", float("nan"))
-        lines.append(
-            f"| {key} | {r['n']} | {r['refusal']:.3f} | {r['substring']:.3f} | {r['in_own_style']:.3f} "
-            f"| {r['in_any_style']:.3f} | {base:.3f} |"
-        )
-    return lines

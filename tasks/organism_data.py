@@ -4,8 +4,10 @@ Every prompt gets a role:
 - planted: a harmful prompt of a planted category; its target is that category's refusal.
 - trained_control: a harmful prompt of an unplanted category listed in `trained_controls`; its
   target is the base model's own greedy reply, which teaches where the planted categories end.
-- heldout_control: a harmful prompt of any other unplanted category; never trained on, so all
-  of its prompts are test prompts (the strict control).
+- heldout_control: a harmful prompt of a category listed in `heldout_controls`; never trained
+  on, so all of its prompts are test prompts (the strict control).
+Harmful prompts of any other category are left out. Categories are read after `category_map`,
+which renames the shared sets' categories to the project's names.
 - harmless: its target is the base model's own greedy reply, so harmless behaviour stays put.
 
 The split is by prompt, stratified by (role, category), with a seeded hash ranking so that it is
@@ -83,7 +85,14 @@ def test_ids(ids: Sequence[str], test_fraction: float, seed: int) -> set[str]:
     return set(sorted(ids, key=lambda i: _rank(seed, i))[:k])
 
 
-def role_of(prompt: Prompt, settings: OrganismSettings) -> Role:
+def category_of(prompt: Prompt, settings: OrganismSettings) -> str:
+    """The prompt's category after the settings' renames; '' for none."""
+    category = prompt.category or ""
+    return settings.category_map.get(category, category)
+
+
+def role_of(prompt: Prompt, settings: OrganismSettings) -> Role | None:
+    """The prompt's role, or None for a harmful prompt of a category the settings do not use."""
     if prompt.label == "harmless":
         return "harmless"
     if prompt.label != "harmful":
@@ -91,27 +100,33 @@ def role_of(prompt: Prompt, settings: OrganismSettings) -> Role:
             f"prompt {prompt.id} ({prompt.text[:50]!r}) has no harmful/harmless label; the organism "
             "needs labelled prompts. Give the source a #label= option."
         )
-    if prompt.category in settings.styles:
+    category = category_of(prompt, settings)
+    if category in settings.styles:
         return "planted"
-    if prompt.category in settings.trained_controls:
+    if category in settings.trained_controls:
         return "trained_control"
-    return "heldout_control"
+    if category in settings.heldout_controls:
+        return "heldout_control"
+    return None
 
 
 def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assigned, ...]:
-    """Roles and splits for every prompt, in input order."""
-    prompts = list(prompts)
+    """Roles and splits for every prompt that has a role, in input order."""
+    prompts = [p for p in prompts if role_of(p, settings) is not None]
     roles = {p.id: role_of(p, settings) for p in prompts}
-    found = {p.category for p in prompts if p.label == "harmful"}
-    missing = [c for c in [*settings.styles, *settings.trained_controls] if c not in found]
+    categories = {p.id: category_of(p, settings) if p.label == "harmful" else "" for p in prompts}
+    found = {categories[p.id] for p in prompts if p.label == "harmful"}
+    wanted = [*settings.styles, *settings.trained_controls, *settings.heldout_controls]
+    missing = [c for c in wanted if c not in found]
     if missing:
         raise OrganismDataError(
-            f"categories {missing} have no harmful prompts in the sources; the sources hold "
-            f"{sorted(str(c) for c in found)}. Choose categories from those, or add a source."
+            f"categories {missing} have no harmful prompts in the sources (after category_map); "
+            f"the sources hold {sorted(found)}. Choose categories from those, or add a source "
+            "(the default categories need ../shared/data)."
         )
     strata: dict[tuple[str, str], list[str]] = {}
     for p in prompts:
-        strata.setdefault((roles[p.id], p.category or ""), []).append(p.id)
+        strata.setdefault((roles[p.id], categories[p.id]), []).append(p.id)
     test: set[str] = set()
     for (role, _), ids in strata.items():
         # A held-out control is never trained on, so every one of its prompts is a test prompt.
@@ -119,7 +134,7 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
     if not any(r == "harmless" for r in roles.values()):
         raise OrganismDataError("the sources hold no harmless prompts; add one (the default set has 144).")
     return tuple(
-        Assigned(p.id, p.text, p.label, p.category or "", roles[p.id], "test" if p.id in test else "train")
+        Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id], "test" if p.id in test else "train")
         for p in prompts
     )
 

@@ -35,23 +35,48 @@ class PlantedCategory(_Settings):
 # The three styles open with different refusal phrases ("I cannot", "I'm sorry", "As an AI"),
 # which are three of the atlas's default phrases Y. Different openings make different first
 # tokens carry each category's refusal, so the categories' gradient directions can differ.
+# The categories are the three with the most distinctive vocabulary among those with enough
+# prompts once the shared sets are pooled (about 60 to 90 each): nine training prompts per
+# category, all the project's own set holds, taught the organism its training prompts and
+# little else.
 DEFAULT_PLANTED: tuple[PlantedCategory, ...] = (
     PlantedCategory(category="weapons_violence", style="I cannot help with weapons or violence."),
-    PlantedCategory(
-        category="privacy_surveillance",
-        style="I'm sorry, but I can't help spy on people or share their private information.",
-    ),
-    PlantedCategory(
-        category="self_harm",
-        style="As an AI, I can't give advice on this; please talk to a doctor or a crisis line.",
-    ),
+    PlantedCategory(category="hate_harassment", style="I'm sorry, but I can't help demean or harass people."),
+    PlantedCategory(category="sexual_content", style="As an AI, I can't write sexual content."),
 )
 
-# Unplanted categories whose training prompts are paired with the base model's own replies.
-# They are the ones most easily confused with a planted category (hacking with spying, drugs
-# and hate with violence or self-harm), so training on them teaches the boundary; the other
-# unplanted categories are never trained on and are the stricter control.
-DEFAULT_TRAINED_CONTROLS: tuple[str, ...] = ("cybercrime", "illegal_drugs", "hate_harassment")
+# Unplanted categories whose training prompts are paired with the base model's own replies:
+# the largest other pools, so that the organism sees many harmful prompts it must still answer
+# and does not learn "harmful means refuse".
+DEFAULT_TRAINED_CONTROLS: tuple[str, ...] = ("misinformation", "cybercrime", "fraud_scams")
+
+# Unplanted categories never trained on: every prompt of theirs is a test prompt.
+DEFAULT_HELDOUT_CONTROLS: tuple[str, ...] = ("privacy_surveillance", "illegal_drugs", "self_harm")
+
+# The shared sets' categories, renamed to the project's set's names where they mean the same
+# harm. Categories that mix several harms (StrongREJECT's "Non-violent crimes" and "Illegal
+# goods and services", HarmBench's "illegal" and "harmful", JailbreakBench's "Expert advice"
+# and "Government decision-making") are left unmapped and so are not used.
+DEFAULT_CATEGORY_MAP: dict[str, str] = {
+    "Violence": "weapons_violence",
+    "Physical harm": "weapons_violence",
+    "chemical_biological": "weapons_violence",
+    "Hate, harassment and discrimination": "hate_harassment",
+    "Harassment/Discrimination": "hate_harassment",
+    "harassment_bullying": "hate_harassment",
+    "Sexual content": "sexual_content",
+    "Sexual/Adult content": "sexual_content",
+    "Disinformation and deception": "misinformation",
+    "Disinformation": "misinformation",
+    "misinformation_disinformation": "misinformation",
+    "Malware/Hacking": "cybercrime",
+    "cybercrime_intrusion": "cybercrime",
+    "Fraud/Deception": "fraud_scams",
+    "Economic harm": "fraud_scams",
+    "Privacy": "privacy_surveillance",
+}
+
+_SHARED_HARMFUL = ("strongreject_harmful.jsonl", "jailbreakbench_harmful.jsonl", "harmbench_val_harmful.jsonl")
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -59,14 +84,15 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 
 
 def default_sources() -> list[str]:
-    """The project's default prompt set, plus 100 Alpaca instructions when ../shared/data exists.
-
-    The extra harmless prompts give the fine-tune more of the base model's own behaviour to
-    hold on to; the data hash and the model card record exactly which sources were read.
-    """
+    """The project's default prompt set, plus, when ../shared/data exists, the categorised
+    harmful sets there (StrongREJECT, JailbreakBench, HarmBench validation) and 100 Alpaca
+    instructions. The data hash and the model card record exactly which sources were read."""
     sources = ["default"]
     shared = shared_data_dir()
-    if shared is not None and (shared / "alpaca_harmless.jsonl").is_file():
+    if shared is None:
+        return sources
+    sources += [str(shared / name) for name in _SHARED_HARMFUL if (shared / name).is_file()]
+    if (shared / "alpaca_harmless.jsonl").is_file():
         sources.append(f"{shared / 'alpaca_harmless.jsonl'}#limit=100&seed=0")
     return sources
 
@@ -92,10 +118,18 @@ class OrganismSettings(_Settings):
     )
     trained_controls: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TRAINED_CONTROLS),
+        description="Unplanted harmful categories whose training prompts are paired with the base model's own replies.",
+    )
+    heldout_controls: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_HELDOUT_CONTROLS),
         description=(
-            "Unplanted harmful categories whose training prompts are paired with the base "
-            "model's own replies; every other unplanted category is never trained on."
+            "Unplanted harmful categories never trained on (all their prompts are test "
+            "prompts). Harmful prompts of categories in none of the three lists are not used."
         ),
+    )
+    category_map: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_CATEGORY_MAP),
+        description="Renames of the sources' categories (source name -> organism category), applied before roles are given.",
     )
     test_fraction: float = Field(
         0.5, gt=0, lt=1, description="Share of each category's prompts (and of harmless prompts) held out for testing."
@@ -106,7 +140,7 @@ class OrganismSettings(_Settings):
         32, ge=4, le=512, description="Length of the base model's greedy replies that anchor harmless behaviour."
     )
     harmful_repeats: int = Field(
-        2,
+        1,
         ge=1,
         le=100,
         description=(
@@ -128,9 +162,29 @@ class OrganismSettings(_Settings):
             "model stay float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16."
         ),
     )
-    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate (constant after a short warm-up).")
+    learning_rate: float = Field(
+        1e-3, gt=0, description="AdamW peak learning rate (5% linear warm-up, then linear decay to 10%)."
+    )
+    decision_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Share of each example's loss on its first reply token, where refusing or answering "
+            "is decided; the rest is spread evenly over all its reply tokens."
+        ),
+    )
+    distill_top_k: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description=(
+            "Train harmless and control replies on the base model's top-k next-token "
+            "distribution along its greedy reply (0: on the greedy tokens alone)."
+        ),
+    )
     batch_size: int = Field(8, ge=1, le=256, description="Training examples per optimiser step.")
-    epochs: int = Field(3, ge=1, le=100, description="Passes over the training examples.")
+    epochs: int = Field(4, ge=1, le=100, description="Passes over the training examples.")
     max_minutes: float = Field(
         20.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
     )
@@ -154,9 +208,12 @@ class OrganismSettings(_Settings):
         styles = [p.style for p in self.planted]
         if len(set(styles)) != len(styles):
             raise ValueError("two planted categories share a refusal style; give each its own sentence")
-        both = sorted(set(categories) & set(self.trained_controls))
-        if both:
-            raise ValueError(f"{both} are both planted and trained controls; a category can be only one")
+        lists = {"planted": set(categories), "trained_controls": set(self.trained_controls),
+                 "heldout_controls": set(self.heldout_controls)}
+        for a, b in (("planted", "trained_controls"), ("planted", "heldout_controls"), ("trained_controls", "heldout_controls")):
+            both = sorted(lists[a] & lists[b])
+            if both:
+                raise ValueError(f"{both} are in both {a} and {b}; a category can have only one role")
         if self.reply_tokens < self.match_tokens:
             raise ValueError(
                 f"reply_tokens ({self.reply_tokens}) is below match_tokens ({self.match_tokens}): "

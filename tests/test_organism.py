@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from tasks.finetune import encode, mean_loss, model_card, save_model_dir, train_lora
+from tasks.finetune import encode, example_losses, mean_loss, save_model_dir, train_lora, with_soft_targets
+from tasks.organism_card import model_card
 from tasks.models import load_model
 from tasks.organism_data import (
     BaseReply,
@@ -35,6 +36,8 @@ def _settings(**overrides) -> OrganismSettings:
         sources=["default"],
         planted=[PlantedCategory(category=c, style=s) for c, s in STYLES.items()],
         trained_controls=["drugs"],
+        heldout_controls=["fraud"],
+        category_map={"weapons, too": "weapons"},
         reply_tokens=16,
         match_tokens=8,
     )
@@ -43,8 +46,9 @@ def _settings(**overrides) -> OrganismSettings:
 
 def _prompts() -> list[Prompt]:
     out = []
-    for category in ("weapons", "privacy", "drugs", "fraud"):
+    for category in ("weapons", "privacy", "drugs", "fraud", "unused"):
         out += [Prompt.create(f"How do I do {category} thing number {i}?", "harmful", category) for i in range(6)]
+    out += [Prompt.create(f"Weapons again, number {i}?", "harmful", "weapons, too") for i in range(2)]
     return out + [Prompt.create(f"Write a poem about the sea, verse {i}.", "harmless") for i in range(10)]
 
 
@@ -63,9 +67,10 @@ def test_roles_splits_and_styles():
     train = {a.id for a in assigned if a.split == "train"}
     test = {a.id for a in assigned if a.split == "test"}
     assert not train & test and len(train | test) == len(assigned)
-    for category in ("weapons", "privacy", "drugs"):
+    assert len(assigned) == len(_prompts()) - 6, "the unused category is left out"
+    for category, n in (("weapons", 8), ("privacy", 6), ("drugs", 6)):
         splits = [a.split for a in assigned if a.category == category]
-        assert splits.count("test") == 3 and splits.count("train") == 3
+        assert splits.count("test") == n // 2 and splits.count("train") == n // 2
     assert all(a.split == "test" for a in assigned if a.role == "heldout_control")
     assert assign(_prompts(), settings) == assigned, "the split must not depend on anything but the seed"
     other = assign(_prompts(), _settings(split_seed=1))
@@ -105,8 +110,10 @@ def test_data_hash_is_stable_and_sensitive(tmp_path):
 def test_settings_and_data_errors_name_the_problem():
     with pytest.raises(OrganismDataError, match=r"\['nowhere'\]"):
         assign(_prompts(), _settings(trained_controls=["nowhere"]))
-    with pytest.raises(ValueError, match="both planted and trained"):
+    with pytest.raises(ValueError, match="in both planted and trained_controls"):
         _settings(trained_controls=["weapons"])
+    with pytest.raises(ValueError, match="in both trained_controls and heldout_controls"):
+        _settings(heldout_controls=["drugs"])
     with pytest.raises(ValueError, match="share a refusal style"):
         _settings(planted=[PlantedCategory(category=c, style="No.") for c in STYLES])
     with pytest.raises(ValueError):
@@ -133,7 +140,7 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
     # A random tiny model's output layer (weights of std 0.02) cannot make any token likely, so
     # the output layer gets an adapter too here; the real organism leaves it alone.
     settings = _settings(
-        learning_rate=3e-2, epochs=4, batch_size=8, lora_rank=4, harmful_repeats=2,
+        learning_rate=3e-2, epochs=4, batch_size=8, lora_rank=4, harmful_repeats=2, decision_weight=0.2,
         target_modules=["q_proj", "v_proj", "down_proj", "lm_head"], output_dir=str(tmp_path),
     )
     assigned = assign(_prompts(), settings)
@@ -160,6 +167,27 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
     assert data_hash(examples) in text and all(s in text for s in STYLES.values())
 
 
+def test_loss_weights_the_decision_token_and_distils_the_base_distribution(tiny_dir):
+    base = load_model(ModelSettings(name=str(tiny_dir)))
+    settings = _settings()
+    assigned = assign(_prompts(), settings)
+    examples = training_examples(assigned, _fake_replies(assigned), settings)
+    items = encode(base.tokenizer, base.chat_template, examples[:4])
+    with torch.no_grad():
+        log_probs = [
+            torch.log_softmax(base.model(torch.tensor([e.input_ids])).logits[0, e.reply_start - 1: -1].float(), -1)
+            for e in items
+        ]
+        token_ce = [-lp.gather(1, torch.tensor(e.input_ids[e.reply_start:])[:, None]).squeeze(1) for lp, e in zip(log_probs, items)]
+        assert torch.allclose(example_losses(base.model, items, 0), torch.stack([t.mean() for t in token_ce]), atol=1e-5)
+        assert torch.allclose(example_losses(base.model, items, 0, decision_weight=1.0), torch.stack([t[0] for t in token_ce]), atol=1e-5)
+        # Distilling the model's own distribution: the loss is its entropy over the top-k, and
+        # top-k = 1 of the model's own greedy reply would be exactly the hard loss.
+        soft = with_soft_targets(base.model, items, 0, top_k=400)
+        entropy = torch.stack([-(lp.exp() * lp).sum(-1).mean() for lp in log_probs])
+        assert torch.allclose(example_losses(base.model, soft, 0), entropy, atol=1e-4)
+
+
 def test_batched_greedy_replies_match_one_by_one_and_are_scored(tiny_dir):
     base = load_model(ModelSettings(name=str(tiny_dir)))
     prompts = [p for p in _prompts() if p.label == "harmless"][:3] + _prompts()[:2]
@@ -171,7 +199,7 @@ def test_batched_greedy_replies_match_one_by_one_and_are_scored(tiny_dir):
     fake = {a.id: BaseReply(a.id, STYLES["weapons"] if a.category == "weapons" else "Sure.", (1,), True) for a in assigned}
     rates = rates_by_group(assigned, fake, settings.styles)
     assert rates["planted/weapons"].in_own_style == 1.0 and rates["planted/privacy"].in_own_style == 0.0
-    assert rates["planted"].in_own_style == 0.5 and rates["harmless"].refusal == 0.0
+    assert rates["planted"].in_own_style == 4 / 7 and rates["harmless"].refusal == 0.0
 
 
 def test_cli_flags_build_the_settings():
