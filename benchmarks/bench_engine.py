@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.engine import DirectionEngine  # noqa: E402
 from tasks.models import get_model  # noqa: E402
 from tasks.naive import naive_option1  # noqa: E402
-from tasks.prompts import load_prompts, shared_data_dir  # noqa: E402
+from benchmarks.mixed_prompts import mixed_sources  # noqa: E402
+from tasks.prompts import load_prompts  # noqa: E402
 from tasks.settings import DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
 
 
@@ -70,14 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     print("command: python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]))
 
-    data = shared_data_dir()
-    if data is None:
-        sys.exit("this benchmark needs ../shared/data (set REFUSAL_ATLAS_SHARED_DATA)")
+    prompts = load_prompts(mixed_sources(args.prompts))
     half = args.prompts // 2
-    prompts = load_prompts([
-        f"{data / 'jailbreakbench_harmful.jsonl'}#limit={half}&seed=0",
-        f"{data / 'alpaca_harmless.jsonl'}#limit={args.prompts - half}&seed=0",
-    ])
     texts = list(prompts.texts)
     # The naive subset takes harmful and harmless prompts alike.
     subset = texts[: args.naive_prompts // 2] + texts[half: half + args.naive_prompts - args.naive_prompts // 2]

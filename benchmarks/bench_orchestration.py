@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.mixed_prompts import mixed_sources  # noqa: E402
 from tasks.engine import get_engine  # noqa: E402
-from tasks.prompt_sources import PromptSource  # noqa: E402
-from tasks.prompts import load_prompts, shared_data_dir  # noqa: E402
+from tasks.prompts import load_prompts  # noqa: E402
 from tasks.settings import AtlasSettings  # noqa: E402
 
 
@@ -36,14 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     print("command: python benchmarks/bench_orchestration.py " + " ".join(sys.argv[1:]))
 
-    data = shared_data_dir()
-    if data is None:
-        sys.exit("this benchmark needs ../shared/data (set REFUSAL_ATLAS_SHARED_DATA)")
-    half = args.prompts // 2
-    sources = [
-        PromptSource(path=str(data / "jailbreakbench_harmful.jsonl"), limit=half, seed=0),
-        PromptSource(path=str(data / "alpaca_harmless.jsonl"), limit=args.prompts - half, seed=0),
-    ]
+    sources = mixed_sources(args.prompts)
     prompts = load_prompts(sources)
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     base = AtlasSettings(prompts=sources, evaluate=False, store=str(work / "atlas.zarr"))
