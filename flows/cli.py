@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and run its scheduled runs until interrupted (which pauses the schedule).")
     serve_command.configure_parser(serve)
     serve.set_defaults(func=serve_command.main)
+    from flows import organism as organism_command
+
+    organism = commands.add_parser(
+        "organism", help="Fine-tune a refusal model organism with planted refusal types.",
+        description="Fine-tune a small chat model so that it refuses planted harm categories, each in "
+        "its own style, and save it as a model directory the atlas loads by path.")
+    organism_command.configure_parser(organism)
+    organism.set_defaults(func=organism_command.main)
     return parser
 
 

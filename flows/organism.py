@@ -181,17 +181,19 @@ def _flag(name: str) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags for every OrganismSettings field (unset flags keep the settings' defaults)."""
     for name, info in OrganismSettings.model_fields.items():
+        # argparse formats help strings with %, so a literal one ("5% warm-up") must be doubled.
+        help_text = (info.description or "").replace("%", "%%")
         if name == "planted":
             parser.add_argument(
                 "--plant", dest="planted", action="append", metavar="CATEGORY=STYLE",
-                help=f"{info.description} Repeat for each category; replaces the default three.",
+                help=f"{help_text} Repeat for each category; replaces the default three.",
             )
             continue
         kind = info.annotation
         if typing.get_origin(kind) is list:
-            parser.add_argument(_flag(name), dest=name, nargs="*", metavar="VALUE", help=info.description)
+            parser.add_argument(_flag(name), dest=name, nargs="*", metavar="VALUE", help=help_text)
         else:
-            parser.add_argument(_flag(name), dest=name, type=kind, metavar=name.split("_")[-1].upper(), help=info.description)
+            parser.add_argument(_flag(name), dest=name, type=kind, metavar=name.split("_")[-1].upper(), help=help_text)
     parser.add_argument(
         "--require-criteria", action="store_true",
         help="Exit with status 1 unless the organism meets every criterion of issue 9.",

@@ -126,10 +126,12 @@ def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: f
     """Each example's loss over its reply tokens [B].
 
     A token's loss is the cross-entropy against its target: the reply token itself, or the
-    base model's top-k distribution when the example carries soft targets. Tokens are
-    averaged with the first reply token given extra weight `decision_weight` (0 to 1): that
-    token is where the model decides whether to refuse, and in a 32-token anchor it would
-    otherwise carry 1/32 of the example's loss.
+    base model's top-k distribution when the example carries soft targets, except that the
+    first reply token always has the hard target. That token is where the model decides
+    whether to refuse: a soft target there would ask for the base model's own small chance of
+    "I'm sorry ..." on harmful prompts, which the planted refusals then tip over. Tokens are
+    averaged with the first one given extra weight `decision_weight` (0 to 1); in a 32-token
+    anchor it would otherwise carry 1/32 of the example's loss.
     """
     log_probs, rows, hard = _reply_log_probs(model, items, pad)
     token_loss = -log_probs.gather(1, hard[:, None]).squeeze(1)
@@ -137,9 +139,10 @@ def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: f
     start = 0
     for e in items:
         span = slice(start, start + e.n_reply)
-        if e.soft is not None:
-            soft_ids, soft_p = (t.to(log_probs.device) for t in e.soft)
-            token_loss[span] = -(soft_p * log_probs[span].gather(1, soft_ids)).sum(-1)
+        if e.soft is not None and e.n_reply > 1:
+            soft_ids, soft_p = (t[1:].to(log_probs.device) for t in e.soft)
+            rest = slice(start + 1, start + e.n_reply)
+            token_loss[rest] = -(soft_p * log_probs[rest].gather(1, soft_ids)).sum(-1)
         weights[span] = (1 - decision_weight) / e.n_reply
         weights[start] += decision_weight
         start += e.n_reply
@@ -231,8 +234,8 @@ def train_lora(
         for i, item in zip(anchors, soft):
             encoded[i] = item
     planted = [e for e in encoded if e.role == "planted"]
-    harmful = [e for e in encoded if e.role != "harmless"]
-    epoch_items = encoded + harmful * (settings.harmful_repeats - 1)
+    controls = [e for e in encoded if e.role == "trained_control"]
+    epoch_items = encoded + controls * (settings.control_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)
     total = per_epoch * settings.epochs
     result = TrainResult(trainable_parameters=sum(p.numel() for p in trainable))

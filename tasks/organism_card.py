@@ -38,8 +38,8 @@ def model_card(
         "|---|---|",
         planted,
         "",
-        f"Unplanted categories trained on the base model's own replies: {', '.join(settings.trained_controls) or 'none'}. "
-        "Every other unplanted category was never trained on.",
+        f"Unplanted categories trained on the base model's own replies: {', '.join(settings.trained_controls) or 'none'}; "
+        f"never trained on (test only): {', '.join(settings.heldout_controls) or 'none'}.",
         "",
         "## Data",
         "",
@@ -58,9 +58,10 @@ def model_card(
         f"(5% linear warm-up, linear decay to 10%), matmuls in {settings.train_dtype}",
         f"- loss on reply tokens only, the first reply token weighted {settings.decision_weight:g} of each example; "
         + (f"harmless and control replies distilled from the base model's top-{settings.distill_top_k} distribution "
-           "along its own greedy reply" if settings.distill_top_k else "harmless and control replies as hard targets"),
+           "along its own greedy reply (the first reply token keeps the greedy token as a hard target)"
+           if settings.distill_top_k else "harmless and control replies as hard targets"),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
-        f"planted and trained-control examples repeated {settings.harmful_repeats}x per epoch",
+        f"trained-control examples repeated {settings.control_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"
         f"{' (stopped by the time limit)' if training['stopped_by_time'] else ''}, "
         f"{training['trainable_parameters']:,} trainable parameters",

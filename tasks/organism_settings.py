@@ -45,13 +45,16 @@ DEFAULT_PLANTED: tuple[PlantedCategory, ...] = (
     PlantedCategory(category="sexual_content", style="As an AI, I can't write sexual content."),
 )
 
-# Unplanted categories whose training prompts are paired with the base model's own replies:
-# the largest other pools, so that the organism sees many harmful prompts it must still answer
-# and does not learn "harmful means refuse".
-DEFAULT_TRAINED_CONTROLS: tuple[str, ...] = ("misinformation", "cybercrime", "fraud_scams")
-
-# Unplanted categories never trained on: every prompt of theirs is a test prompt.
-DEFAULT_HELDOUT_CONTROLS: tuple[str, ...] = ("privacy_surveillance", "illegal_drugs", "self_harm")
+# Every unplanted category is a trained control: its training prompts are paired with the
+# base model's own replies and its test prompts measure the control. Categories left out of
+# training entirely were refused about 80% of the time in a trial (split seed 1: privacy,
+# drugs and self-harm held out): from a few dozen examples a 135M model learns "harmful means
+# refuse" for any harm it was not shown an answer to. `heldout_controls` still offers that
+# stricter control.
+DEFAULT_TRAINED_CONTROLS: tuple[str, ...] = (
+    "misinformation", "cybercrime", "fraud_scams", "privacy_surveillance", "illegal_drugs", "self_harm",
+)
+DEFAULT_HELDOUT_CONTROLS: tuple[str, ...] = ()
 
 # The shared sets' categories, renamed to the project's set's names where they mean the same
 # harm. Categories that mix several harms (StrongREJECT's "Non-violent crimes" and "Illegal
@@ -139,14 +142,14 @@ class OrganismSettings(_Settings):
     reply_tokens: int = Field(
         32, ge=4, le=512, description="Length of the base model's greedy replies that anchor harmless behaviour."
     )
-    harmful_repeats: int = Field(
-        1,
+    control_repeats: int = Field(
+        2,
         ge=1,
         le=100,
         description=(
-            "How many times each planted and each trained-control example appears per epoch. "
-            "They are few beside the harmless anchors; repeating both sides of the boundary "
-            "equally keeps the organism from learning 'harmful means refuse'."
+            "How many times each trained-control example appears per epoch. Planted refusals are "
+            "learnt fast and pull every harmful prompt towards refusing; the controls are the "
+            "only counterweight."
         ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
@@ -184,7 +187,7 @@ class OrganismSettings(_Settings):
         ),
     )
     batch_size: int = Field(8, ge=1, le=256, description="Training examples per optimiser step.")
-    epochs: int = Field(4, ge=1, le=100, description="Passes over the training examples.")
+    epochs: int = Field(5, ge=1, le=100, description="Passes over the training examples.")
     max_minutes: float = Field(
         20.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
     )

@@ -140,7 +140,7 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
     # A random tiny model's output layer (weights of std 0.02) cannot make any token likely, so
     # the output layer gets an adapter too here; the real organism leaves it alone.
     settings = _settings(
-        learning_rate=3e-2, epochs=4, batch_size=8, lora_rank=4, harmful_repeats=2, decision_weight=0.2,
+        learning_rate=3e-2, epochs=4, batch_size=8, lora_rank=4, control_repeats=2, decision_weight=0.2,
         target_modules=["q_proj", "v_proj", "down_proj", "lm_head"], output_dir=str(tmp_path),
     )
     assigned = assign(_prompts(), settings)
@@ -150,8 +150,8 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
     }
     examples = training_examples(assigned, replies, settings)
     merged, result = train_lora(base.model, base.tokenizer, base.chat_template, examples, settings, log=lambda _: None)
-    n_harmful = sum(e.role != "harmless" for e in examples)
-    assert result.steps == 4 * -(-(len(examples) + n_harmful) // 8)
+    n_controls = sum(e.role == "trained_control" for e in examples)
+    assert result.steps == 4 * -(-(len(examples) + n_controls) // 8)
     assert result.planted_loss_after < 0.6 * result.planted_loss_before
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items()), "the base model changed"
     planted = [e for e in encode(base.tokenizer, base.chat_template, examples) if e.role == "planted"]
@@ -181,11 +181,12 @@ def test_loss_weights_the_decision_token_and_distils_the_base_distribution(tiny_
         token_ce = [-lp.gather(1, torch.tensor(e.input_ids[e.reply_start:])[:, None]).squeeze(1) for lp, e in zip(log_probs, items)]
         assert torch.allclose(example_losses(base.model, items, 0), torch.stack([t.mean() for t in token_ce]), atol=1e-5)
         assert torch.allclose(example_losses(base.model, items, 0, decision_weight=1.0), torch.stack([t[0] for t in token_ce]), atol=1e-5)
-        # Distilling the model's own distribution: the loss is its entropy over the top-k, and
-        # top-k = 1 of the model's own greedy reply would be exactly the hard loss.
+        # Distilling the model's own distribution: after the first token (a hard target) the
+        # loss is the model's entropy over the (here complete) top-k.
         soft = with_soft_targets(base.model, items, 0, top_k=400)
-        entropy = torch.stack([-(lp.exp() * lp).sum(-1).mean() for lp in log_probs])
-        assert torch.allclose(example_losses(base.model, soft, 0), entropy, atol=1e-4)
+        entropy = [-(lp.exp() * lp).sum(-1) for lp in log_probs]
+        expected = torch.stack([(t[0] + h[1:].sum()) / len(t) for t, h in zip(token_ce, entropy)])
+        assert torch.allclose(example_losses(base.model, soft, 0), expected, atol=1e-4)
 
 
 def test_batched_greedy_replies_match_one_by_one_and_are_scored(tiny_dir):
