@@ -43,8 +43,9 @@ from tasks.prompts import load_prompts
 from tasks.settings import ModelSettings
 
 # Every task rebuilds files under output_dir, so a cached result could point at files that a
-# later run overwrote: no caching.
-_TASK = {"cache_policy": NO_CACHE}
+# later run overwrote: no caching. Results, if a user's settings persist them, are JSON like
+# every other task's in the project: nothing is ever pickled.
+_TASK = {"cache_policy": NO_CACHE, "result_serializer": "json"}
 
 
 def _paths(settings: OrganismSettings) -> dict[str, Path]:

@@ -119,6 +119,12 @@ def test_every_prefect_task_persists_its_result_as_json(prefect_harness, tiny_mo
     assert len(tasks) == 5, sorted(tasks)
     for name, task in tasks.items():
         assert task.result_serializer == "json", f"{name} persists with {task.result_serializer!r}"
+    from flows import organism
+
+    organism_tasks = {name: obj for name, obj in vars(organism).items() if isinstance(obj, Task)}
+    assert len(organism_tasks) == 6, sorted(organism_tasks)
+    for name, task in organism_tasks.items():
+        assert task.result_serializer == "json", f"organism's {name} persists with {task.result_serializer!r}"
 
     # And what a run really persisted: JSON records whose serializer is JSON, never a pickle.
     storage = Path(PREFECT_LOCAL_STORAGE_PATH.value())
