@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -59,6 +59,22 @@ def features(loaded, assigned: list[Assigned], layers: list[int]) -> dict[str, d
             last[layer].append(h[-1].cpu().numpy())
             mean[layer].append(h.mean(0).cpu().numpy())
     return {"last": {k: np.stack(v) for k, v in last.items()}, "mean": {k: np.stack(v) for k, v in mean.items()}}
+
+
+def per_category_separability(x: np.ndarray, rows: list[Assigned]) -> None:
+    """Which categories could be planted at all: 5-fold cross-validated recall of every harmful
+    category (and harmless) against all the others, on training prompts only."""
+    y = np.array([a.category if a.role != "harmless" else "harmless" for a in rows])
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    predicted = cross_val_predict(model, x, y, cv=5)
+    print("\nper-category separability (training prompts, 5-fold CV, every category its own class):")
+    for category in sorted(set(y)):
+        mine = y == category
+        wrong = predicted[mine][predicted[mine] != category]
+        top = max(set(wrong), key=list(wrong).count) if len(wrong) else "-"
+        taken = np.mean(predicted[~mine] == category)
+        print(f"  {category:22} n={mine.sum():3d} recall {np.mean(predicted[mine] == category):.2f} "
+              f"(most often confused with {top}); other prompts taken for it {taken:.3f}")
 
 
 def main() -> None:
@@ -101,6 +117,7 @@ def main() -> None:
             # The summary row is chosen by cross-validated accuracy on the training prompts.
             if best is None or row["cv_acc"] > best["cv_acc"]:
                 best = row
+    per_category_separability(feats[best["features"]][best["layer"]][train], [a for a in assigned if a.split == "train"])
     print(f"\nchosen by training-set cross-validation: {best['features']} features at layer {best['layer']}: "
           f"planted prompts given their own category {best['planted_ok']:.1%}, unplanted harmful prompts "
           f"given a planted one {best['control_as_planted']:.1%}, harmless given a planted one "
