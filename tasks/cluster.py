@@ -210,10 +210,33 @@ def cluster_space(
         embedding = np.asarray(x.compute(), dtype=np.float64)
     projection = Projection(common if space == "residual" else None, basis)
     clusterer, labels, probabilities, outlier_scores, fitted = fit_and_assign(embedding, settings, n_jobs)
+    return space_clustering(
+        space, unit, x, labels, probabilities, outlier_scores, fitted, embedding, projection, clusterer
+    )
+
+
+def space_clustering(
+    space: Space,
+    unit,
+    x,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    outlier_scores: np.ndarray,
+    fitted: np.ndarray,
+    embedding: np.ndarray,
+    projection: Projection,
+    clusterer,
+    directions: np.ndarray | None = None,
+) -> SpaceClustering:
+    """A SpaceClustering from its labels, with everything derived from them computed here once:
+    member sums in the full dimension (`unit` [n, D]) and in the space (`x` [n, D], the rows
+    clustered), cluster and space directions, sizes and exemplars. `directions` [k, D] may be
+    given (a stored run's centroids); by default they are the normalised member sums."""
     n_clusters = int(labels.max(initial=-1)) + 1
     sums = member_sums(unit, labels, n_clusters)
     space_sums = sums if space == "raw" else member_sums(x, labels, n_clusters)
-    directions = np.asarray(normalise_rows(sums))
+    if directions is None:
+        directions = np.asarray(normalise_rows(sums))
     return SpaceClustering(
         space=space,
         labels=labels,

@@ -14,8 +14,8 @@ import dataclasses
 import dask.array as da
 import numpy as np
 
-from tasks.cluster import SPACES, ClusterComparison, SpaceClustering, exemplars, fit_hdbscan
-from tasks.cluster_geometry import Projection, member_sums, normalise_rows, own_cosine, unit_rows
+from tasks.cluster import SPACES, ClusterComparison, SpaceClustering, fit_hdbscan, space_clustering
+from tasks.cluster_geometry import Projection, unit_rows
 from tasks.cluster_metrics import CategoryAgreement, ClusterMetrics
 from tasks.cluster_store import ClusteredRows, StoreClustering
 from tasks.settings import ClusterSettings
@@ -49,27 +49,22 @@ def _space(run, space: str, unit: np.ndarray, common: np.ndarray, chosen: str) -
     projection = Projection(common if space == "residual" else None, None if basis is None else basis[1])
     # Sums are recomputed from the members' unit directions (the report's within-cluster
     # cosines need them); the rest was stored.
-    sums = member_sums(unit, labels, n_clusters)
     x = unit if space == "raw" else Projection(common, None).apply(unit)
-    space_sums = sums if space == "raw" else member_sums(x, labels, n_clusters)
     directions = np.asarray(run[f"{space}_centroids"], dtype=np.float64).reshape(n_clusters, int(unit.shape[1]))
     outliers = run["outlier_scores"] if space == chosen else np.full(labels.size, np.nan)
     fitted = run.arrays.get(f"{space}_fitted")
-    return SpaceClustering(
-        space=space,
-        labels=labels,
-        probabilities=probabilities,
-        outlier_scores=np.asarray(outliers, dtype=np.float64),
-        fitted=np.ones(labels.size, dtype=bool) if fitted is None else np.asarray(fitted[1], dtype=bool),
-        directions=directions,
-        space_directions=np.asarray(normalise_rows(space_sums)),
-        sums=sums,
-        space_sums=space_sums,
-        sizes=np.bincount(labels[labels >= 0], minlength=n_clusters),
-        exemplars=exemplars(labels, probabilities, own_cosine(unit, directions, labels)),
-        embedding=np.asarray(run[f"{space}_embedding"], dtype=np.float64),
-        projection=projection,
+    return space_clustering(
+        space,
+        unit,
+        x,
+        labels,
+        probabilities,
+        np.asarray(outliers, dtype=np.float64),
+        np.ones(labels.size, dtype=bool) if fitted is None else np.asarray(fitted[1], dtype=bool),
+        np.asarray(run[f"{space}_embedding"], dtype=np.float64),
+        projection,
         clusterer=None,
+        directions=directions,
     )
 
 
