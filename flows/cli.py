@@ -197,22 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Verify, then mark the rows of damaged chunks for recomputation and remove damaged "
                          "groups, so that the next run computes them again.")
     inspect.set_defaults(func=_cmd_inspect)
+    from flows import organism_cli as organism_command
     from flows import serve as serve_command
 
-    serve = commands.add_parser(
-        "serve", help="Serve the flow on a cron or interval schedule (needs a Prefect server).",
-        description="Register a deployment of refusal_atlas with the Prefect server at PREFECT_API_URL "
-        "and run its scheduled runs until interrupted (which pauses the schedule).")
-    serve_command.configure_parser(serve)
-    serve.set_defaults(func=serve_command.main)
-    from flows import organism as organism_command
-
-    organism = commands.add_parser(
-        "organism", help="Fine-tune a refusal model organism with planted refusal types.",
-        description="Fine-tune a small chat model so that it refuses planted harm categories, each in "
-        "its own style, and save it as a model directory the atlas loads by path.")
-    organism_command.configure_parser(organism)
-    organism.set_defaults(func=organism_command.main)
+    # Commands that live in their own module: each gives configure_parser(parser) and main(args).
+    for name, module, help_text, description in (
+        ("serve", serve_command, "Serve the flow on a cron or interval schedule (needs a Prefect server).",
+         "Register a deployment of refusal_atlas with the Prefect server at PREFECT_API_URL "
+         "and run its scheduled runs until interrupted (which pauses the schedule)."),
+        ("organism", organism_command, "Fine-tune a refusal model organism with planted refusal types.",
+         "Fine-tune a small chat model so that it refuses planted harm categories, each in "
+         "its own style, and save it as a model directory the atlas loads by path."),
+    ):
+        command = commands.add_parser(name, help=help_text, description=description)
+        module.configure_parser(command)
+        command.set_defaults(func=module.main)
     return parser
 
 

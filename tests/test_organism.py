@@ -204,7 +204,7 @@ def test_batched_greedy_replies_match_one_by_one_and_are_scored(tiny_dir):
 
 
 def test_cli_flags_build_the_settings():
-    from flows.organism import configure_parser, settings_from_args
+    from flows.organism_cli import configure_parser, settings_from_args
 
     parser = configure_parser(argparse.ArgumentParser())
     args = parser.parse_args(
