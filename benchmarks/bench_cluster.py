@@ -68,8 +68,8 @@ def peak_rss_gb() -> float:
 def run(path: str, spaces: list[str], settings) -> dict[str, float]:
     import dask.array as da
 
-    from tasks.cluster import cluster_space
-    from tasks.cluster_geometry import common_direction, unit_rows
+    from refusal_atlas.tasks.clustering.spaces import cluster_space
+    from refusal_atlas.tasks.clustering.geometry import common_direction, unit_rows
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where to write the store (default: a temp folder)")
     args = parser.parse_args()
 
-    from tasks.settings import ClusterSettings
+    from refusal_atlas.tasks.settings import ClusterSettings
 
     settings = ClusterSettings(pca_dim=args.pca_dim, min_cluster_size=args.min_cluster_size,
                                min_samples=args.min_samples, bootstraps=0, fit_rows=args.fit_rows or None)

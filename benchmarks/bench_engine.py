@@ -1,7 +1,7 @@
 """Engine against a naive loop on SmolLM2-135M-Instruct, side by side in one run.
 
 The naive loop takes one prompt at a time and, at every gradient step, runs the full prompt
-plus phrases forward and backward (tasks/naive.py). The engine batches prompts, runs each
+plus phrases forward and backward (tests/naive.py). The engine batches prompts, runs each
 prefix once and feeds the phrases as one token tree. Both compute Option 1 at the same layers
 with the same K; the cosine between their directions shows they compute the same thing.
 
@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.engine import DirectionEngine  # noqa: E402
-from tasks.models import get_model  # noqa: E402
-from tasks.naive import naive_option1  # noqa: E402
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine  # noqa: E402
+from refusal_atlas.tasks.model.loading import get_model  # noqa: E402
+from tests.naive import naive_option1  # noqa: E402
 from benchmarks.mixed_prompts import mixed_sources  # noqa: E402
-from tasks.prompts import load_prompts  # noqa: E402
-from tasks.settings import DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
+from refusal_atlas.tasks.prompts.records import load_prompts  # noqa: E402
+from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
 
 
 class PeakRSS:

@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.mixed_prompts import mixed_sources  # noqa: E402
-from tasks.engine import get_engine  # noqa: E402
-from tasks.prompts import load_prompts  # noqa: E402
-from tasks.settings import AtlasSettings  # noqa: E402
+from refusal_atlas.tasks.engine.direction_engine import get_engine  # noqa: E402
+from refusal_atlas.tasks.prompts.records import load_prompts  # noqa: E402
+from refusal_atlas.tasks.settings import AtlasSettings  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.atlas import refusal_atlas
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     direct, flow, extract = [], [], []
     with prefect_test_harness(server_startup_timeout=120):

@@ -32,10 +32,10 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.chat import render_text  # noqa: E402
-from tasks.models import load_model  # noqa: E402
-from tasks.organism_data import Assigned, read_jsonl  # noqa: E402
-from tasks.settings import ModelSettings  # noqa: E402
+from refusal_atlas.tasks.model.chat import render_text  # noqa: E402
+from refusal_atlas.tasks.model.loading import load_model  # noqa: E402
+from refusal_atlas.tasks.organism.data import Assigned, read_jsonl  # noqa: E402
+from refusal_atlas.tasks.settings import ModelSettings  # noqa: E402
 
 
 def probe_class(a: Assigned) -> str:

@@ -33,17 +33,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.cluster import cluster_directions  # noqa: E402
-from tasks.cluster_metrics import category_agreement  # noqa: E402
-from tasks.directions import unit_rows  # noqa: E402
-from tasks.engine import DirectionEngine  # noqa: E402
-from tasks.hooks import ablate_direction, add_to_residual  # noqa: E402
-from tasks.judge import judge  # noqa: E402
-from tasks.models import load_model  # noqa: E402
-from tasks.organism_data import Assigned, read_jsonl, style_of  # noqa: E402
-from tasks.organism_eval import greedy_replies  # noqa: E402
-from tasks.organism_settings import OrganismSettings  # noqa: E402
-from tasks.settings import ClusterSettings, DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
+from refusal_atlas.tasks.clustering.spaces import cluster_directions  # noqa: E402
+from refusal_atlas.tasks.clustering.metrics import category_agreement  # noqa: E402
+from refusal_atlas.tasks.engine.directions import unit_rows  # noqa: E402
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine  # noqa: E402
+from refusal_atlas.tasks.model.hooks import ablate_direction, add_to_residual  # noqa: E402
+from refusal_atlas.tasks.evaluation.judge import judge  # noqa: E402
+from refusal_atlas.tasks.model.loading import load_model  # noqa: E402
+from refusal_atlas.tasks.organism.data import Assigned, read_jsonl, style_of  # noqa: E402
+from refusal_atlas.tasks.organism.measure import greedy_replies  # noqa: E402
+from refusal_atlas.tasks.organism.settings import OrganismSettings  # noqa: E402
+from refusal_atlas.tasks.settings import ClusterSettings, DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
 
 OPENING_WORDS = 3  # A reply "in style s" for induce/bypass: it opens with s's first three words.
 

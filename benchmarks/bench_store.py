@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import AtlasStore, StoreSpec  # noqa: E402
+from refusal_atlas.storage import AtlasStore, StoreSpec  # noqa: E402
 
 
 def _spec(layers: int, hidden: int) -> StoreSpec:
@@ -56,7 +56,7 @@ def _fresh_store(root: Path, name: str, n: int, spec: StoreSpec, record) -> Atla
 
 def _cold_index(store: AtlasStore) -> None:
     """What a fresh process pays on its first ``row_of``: reading every prompt id."""
-    from storage import prompts
+    from refusal_atlas.storage import prompts
 
     prompts._indexes.clear()
     AtlasStore.open(store.uri).row_of("p000000")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from tasks.prompt_sources import PromptSource
-from tasks.prompts import shared_data_dir
+from refusal_atlas.tasks.prompts.sources import PromptSource
+from refusal_atlas.tasks.prompts.records import shared_data_dir
 
 
 def mixed_sources(n: int, seed: int = 0) -> list[PromptSource]:

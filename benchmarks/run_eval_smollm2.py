@@ -21,16 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from tasks.cluster import cluster_directions, cluster_layer_of  # noqa: E402
-from tasks.cluster_metrics import compute_metrics  # noqa: E402
-from tasks.directions import concept_vectors  # noqa: E402
-from tasks.engine import DirectionEngine  # noqa: E402
-from tasks.eval_settings import EvalSettings  # noqa: E402
-from tasks.evaluate import build_candidates, evaluate_directions  # noqa: E402
-from tasks.models import get_model  # noqa: E402
-from tasks.prompts import load_prompts, shared_data_dir  # noqa: E402
-from tasks.report import ReportInputs, build_report, write_report  # noqa: E402
-from tasks.settings import ClusterSettings, DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
+from refusal_atlas.tasks.clustering.spaces import cluster_directions, cluster_layer_of  # noqa: E402
+from refusal_atlas.tasks.clustering.metrics import compute_metrics  # noqa: E402
+from refusal_atlas.tasks.engine.directions import concept_vectors  # noqa: E402
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine  # noqa: E402
+from refusal_atlas.tasks.evaluation.settings import EvalSettings  # noqa: E402
+from refusal_atlas.tasks.evaluation.evaluate import build_candidates, evaluate_directions  # noqa: E402
+from refusal_atlas.tasks.model.loading import get_model  # noqa: E402
+from refusal_atlas.tasks.prompts.records import load_prompts, shared_data_dir  # noqa: E402
+from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report  # noqa: E402
+from refusal_atlas.tasks.settings import ClusterSettings, DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from storage import STATUS_DONE, AtlasStore
-from storage.lease import run_lease
-from tasks.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
-from tasks.registration import Registration
-from tasks.settings import AtlasSettings
+from refusal_atlas.storage import STATUS_DONE, AtlasStore
+from refusal_atlas.storage.lease import run_lease
+from refusal_atlas.tasks.steps.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
+from refusal_atlas.tasks.steps.registration import Registration
+from refusal_atlas.tasks.settings import AtlasSettings
 
 
 def task_runner(settings: AtlasSettings):

@@ -72,7 +72,7 @@ def _add_field(parser: argparse.ArgumentParser, model: type[BaseModel], name: st
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    from tasks.settings import AtlasSettings
+    from refusal_atlas.tasks.settings import AtlasSettings
 
     parser.add_argument(
         "--settings", type=Path, help="A JSON file of AtlasSettings to start from; flags override it."
@@ -96,8 +96,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """AtlasSettings from a --settings file (if any) overridden by the flags given."""
-    from tasks.prompt_sources import parse_source
-    from tasks.settings import AtlasSettings
+    from refusal_atlas.tasks.prompts.sources import parse_source
+    from refusal_atlas.tasks.settings import AtlasSettings
 
     data: dict = json.loads(args.settings.read_text()) if getattr(args, "settings", None) else {}
     for key, value in vars(args).items():
@@ -119,8 +119,8 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.atlas import refusal_atlas
-    from flows.failures import explain, short_tracebacks
+    from refusal_atlas.flows.atlas import refusal_atlas
+    from refusal_atlas.flows.failures import explain, short_tracebacks
 
     try:
         settings = settings_from_args(args)
@@ -171,7 +171,7 @@ def run_summary(result: dict) -> str:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from tasks.inspection import inspect_store
+    from refusal_atlas.tasks.steps.inspection import inspect_store
 
     text, healthy = inspect_store(args.store, verify=args.verify, repair=args.repair)
     print(text)
@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Verify, then mark the rows of damaged chunks for recomputation and remove damaged "
                          "groups, so that the next run computes them again.")
     inspect.set_defaults(func=_cmd_inspect)
-    from flows import organism_cli as organism_command
-    from flows import serve as serve_command
+    from refusal_atlas.flows import organism_cli as organism_command
+    from refusal_atlas.flows import serve as serve_command
 
     # Commands that live in their own module: each gives configure_parser(parser) and main(args).
     for name, module, help_text, description in (

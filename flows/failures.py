@@ -48,10 +48,10 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 def _input_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
-    from tasks.chat import ChatTemplateError
-    from tasks.hooks import LayerIndexError
-    from tasks.models import ModelLoadError
-    from tasks.prompt_readers import PromptFileError
+    from refusal_atlas.tasks.model.chat import ChatTemplateError
+    from refusal_atlas.tasks.model.hooks import LayerIndexError
+    from refusal_atlas.tasks.model.loading import ModelLoadError
+    from refusal_atlas.tasks.prompts.readers import PromptFileError
 
     return (ModelLoadError, LayerIndexError, ChatTemplateError, PromptFileError, ValidationError)
 
@@ -60,8 +60,8 @@ def classify(err: BaseException) -> tuple[str, BaseException] | None:
     """(kind, the exception that says it) for a known failure, else None. Cheap: reads nothing."""
     import httpx
 
-    from storage import StoreCorruptError, StoreError, StoreLockedError
-    from tasks.cluster_geometry import ClusteringError
+    from refusal_atlas.storage import StoreCorruptError, StoreError, StoreLockedError
+    from refusal_atlas.tasks.clustering.geometry import ClusteringError
 
     kinds = (
         ("api", lambda e: isinstance(e, httpx.TransportError)),
@@ -95,7 +95,7 @@ def _api_url(err: BaseException) -> str:
 
 def _kept(store_uri: str) -> str:
     """What the store holds now, in words, or that nothing was written to it."""
-    from storage import STATUS_DONE, AtlasStore
+    from refusal_atlas.storage import STATUS_DONE, AtlasStore
 
     try:
         status = AtlasStore.open(store_uri).status()

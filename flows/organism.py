@@ -21,10 +21,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.finetune import save_model_dir, train_lora
-from tasks.organism_card import evaluation_lines, model_card
-from tasks.models import get_model, load_model
-from tasks.organism_data import (
+from refusal_atlas.tasks.organism.finetune import save_model_dir, train_lora
+from refusal_atlas.tasks.organism.card import evaluation_lines, model_card
+from refusal_atlas.tasks.model.loading import get_model, load_model
+from refusal_atlas.tasks.organism.data import (
     Assigned,
     BaseReply,
     Example,
@@ -36,10 +36,10 @@ from tasks.organism_data import (
     training_examples,
     write_jsonl,
 )
-from tasks.organism_eval import check_criteria, greedy_replies, rates_by_group, token_match
-from tasks.organism_settings import OrganismSettings
-from tasks.prompts import load_prompts
-from tasks.settings import ModelSettings
+from refusal_atlas.tasks.organism.measure import check_criteria, greedy_replies, rates_by_group, token_match
+from refusal_atlas.tasks.organism.settings import OrganismSettings
+from refusal_atlas.tasks.prompts.records import load_prompts
+from refusal_atlas.tasks.settings import ModelSettings
 
 # Every task rebuilds files under output_dir, so a cached result could point at files that a
 # later run overwrote: no caching. Results, if a user's settings persist them, are JSON like

@@ -10,7 +10,7 @@ import argparse
 import json
 import typing
 
-from tasks.organism_settings import OrganismSettings, PlantedCategory
+from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
 
 
 def _flag(name: str) -> str:
@@ -54,7 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> OrganismSettings:
 
 
 def main(args: argparse.Namespace) -> int:
-    from flows.organism import organism
+    from refusal_atlas.flows.organism import organism
 
     settings = settings_from_args(args)
     result = organism(settings)

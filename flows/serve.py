@@ -22,7 +22,7 @@ SCHEDULE_FLAGS = ("cron", "interval", "timezone", "name", "limit")
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The settings flags of `refusal-atlas run`, plus the schedule and the deployment's name."""
-    from flows.cli import add_settings_arguments
+    from refusal_atlas.flows.cli import add_settings_arguments
 
     schedule = parser.add_argument_group("schedule (give --cron or --interval)")
     when = schedule.add_mutually_exclusive_group(required=True)
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     """Serve the flow on the schedule given until interrupted."""
     from prefect.settings import get_current_settings
 
-    from flows.cli import settings_from_args
+    from refusal_atlas.flows.cli import settings_from_args
 
     if not get_current_settings().api.url:
         print(
@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
-    from flows.atlas import refusal_atlas
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     deployment = refusal_atlas.to_deployment(
         name=args.name,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.groups import (
+from refusal_atlas.storage.groups import (
     check_named_arrays,
     complete_group,
     complete_names,
@@ -23,9 +23,9 @@ from storage.groups import (
     write_complete_group,
     write_named_array,
 )
-from storage.layout import CLUSTER_ARRAYS
-from storage.spec import canonical_json
-from storage.uri import validate_name
+from refusal_atlas.storage.layout import CLUSTER_ARRAYS
+from refusal_atlas.storage.spec import canonical_json
+from refusal_atlas.storage.uri import validate_name
 
 _STANDARD = {a.name: a for a in CLUSTER_ARRAYS}
 

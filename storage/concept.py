@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from storage.groups import complete_group, write_complete_group
-from storage.layout import CONCEPT_ARRAYS, CONCEPT_GROUP, CONCEPT_ROWS_PER_CHUNK, create_array
+from refusal_atlas.storage.groups import complete_group, write_complete_group
+from refusal_atlas.storage.layout import CONCEPT_ARRAYS, CONCEPT_GROUP, CONCEPT_ROWS_PER_CHUNK, create_array
 
 _LAYOUT = {a.name: a for a in CONCEPT_ARRAYS}
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from storage.layout import ZSTD_LEVEL
-from storage.spec import json_value
-from storage.uri import validate_name
+from refusal_atlas.storage.layout import ZSTD_LEVEL
+from refusal_atlas.storage.spec import json_value
+from refusal_atlas.storage.uri import validate_name
 
 COMPLETE = "complete"
 _DIM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

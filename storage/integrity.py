@@ -21,8 +21,8 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from storage.errors import StoreCorruptError
-from storage.layout import (
+from refusal_atlas.storage.errors import StoreCorruptError
+from refusal_atlas.storage.layout import (
     CLUSTERS_GROUP,
     CONCEPT_GROUP,
     PROMPT_TABLE,
@@ -30,7 +30,7 @@ from storage.layout import (
     STATUS_DONE,
     STATUS_PENDING,
 )
-from storage.rowio import run_sync
+from refusal_atlas.storage.rowio import run_sync
 
 # At most this many chunk reads in flight while checking (as for writes in rowio.py).
 MAX_IN_FLIGHT = 64
@@ -153,7 +153,7 @@ class VerifyReport:
 
 def _group_damage(root) -> list[tuple[object, str, Damage]]:
     """(parent group, name, damage) for every complete group whose arrays do not read whole."""
-    from storage.groups import complete_group, complete_names
+    from refusal_atlas.storage.groups import complete_group, complete_names
 
     found = []
     parents = [(root, [CONCEPT_GROUP])]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from storage.lock import FileLock
-from storage.uri import parse_location
+from refusal_atlas.storage.lock import FileLock
+from refusal_atlas.storage.uri import parse_location
 
 LEASE_SUFFIX = ".run.lock"
 

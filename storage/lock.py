@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from storage.errors import StoreLockedError
+from refusal_atlas.storage.errors import StoreLockedError
 
 LOCK_SUFFIX = ".lock"
 

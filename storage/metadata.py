@@ -13,10 +13,10 @@ import os
 import uuid
 import warnings
 
-from storage.errors import StoreSchemaError
-from storage.layout import ATTRS_KEY, CLUSTERS_GROUP, LAYER_COORD, PER_PROMPT, create_root_arrays
-from storage.spec import StoreSpec, check_compatible, read_provenance
-from storage.uri import StoreLocation
+from refusal_atlas.storage.errors import StoreSchemaError
+from refusal_atlas.storage.layout import ATTRS_KEY, CLUSTERS_GROUP, LAYER_COORD, PER_PROMPT, create_root_arrays
+from refusal_atlas.storage.spec import StoreSpec, check_compatible, read_provenance
+from refusal_atlas.storage.uri import StoreLocation
 
 
 def ensure_store(location: StoreLocation, spec: StoreSpec) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.layout import LABELS, PER_PROMPT
-from storage.rowio import contiguous_runs, run_sync, write_runs
+from refusal_atlas.storage.layout import LABELS, PER_PROMPT
+from refusal_atlas.storage.rowio import contiguous_runs, run_sync, write_runs
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from storage.integrity import CheckedArray
-from storage.layout import LAYER, PROMPT, PROMPT_TABLE, ROW_DATA, ROW_STATE
+from refusal_atlas.storage.integrity import CheckedArray
+from refusal_atlas.storage.layout import LAYER, PROMPT, PROMPT_TABLE, ROW_DATA, ROW_STATE
 
 
 def dask_rows(array, rows: np.ndarray | None, rows_per_chunk: int = 256, uri: str = "", arrays=None):

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from storage import clusters as _clusters
-from storage import concept as _concept
-from storage import read as _read
-from storage.layout import ATTRS_KEY, CLUSTERS_GROUP, PROMPT, STATUS_DONE
-from storage.metadata import consolidate
+from refusal_atlas.storage import clusters as _clusters
+from refusal_atlas.storage import concept as _concept
+from refusal_atlas.storage import read as _read
+from refusal_atlas.storage.layout import ATTRS_KEY, CLUSTERS_GROUP, PROMPT, STATUS_DONE
+from refusal_atlas.storage.metadata import consolidate
 
 # Whole-group writes take the run lock too, so that two runs writing the same group name (or a
 # registration re-consolidating meanwhile) cannot interleave; they wait this long for it.

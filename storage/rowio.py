@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from storage.layout import BY_NAME, ROW_DATA_NAMES, STATUS_DONE, STATUS_FAILED, STATUS_PENDING
+from refusal_atlas.storage.layout import BY_NAME, ROW_DATA_NAMES, STATUS_DONE, STATUS_FAILED, STATUS_PENDING
 
 # At most this many chunk-run writes in flight at once: enough to hide file or network latency
 # without opening thousands of connections against an object store.

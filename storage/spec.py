@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from storage.errors import StoreMismatchError, StoreSchemaError
-from storage.layout import ATTRS_KEY, SCHEMA_VERSION
+from refusal_atlas.storage.errors import StoreMismatchError, StoreSchemaError
+from refusal_atlas.storage.layout import ATTRS_KEY, SCHEMA_VERSION
 
 
 def canonical_json(value: Any) -> str:

@@ -17,22 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from storage.errors import StoreError, unwritable_message
-from storage.integrity import VerifyReport, locate, verify_store
-from storage.layout import (
+from refusal_atlas.storage.errors import StoreError, unwritable_message
+from refusal_atlas.storage.integrity import VerifyReport, locate, verify_store
+from refusal_atlas.storage.layout import (
     PER_PROMPT,
     ROW_DATA_NAMES,
     STATUS_DONE,
     STATUS_FAILED,
     sizes_for,
 )
-from storage.lock import run_lock
-from storage.metadata import ensure_store, reconsolidate_if_present
-from storage.prompts import append_prompts, shared_index, unique_records
-from storage.results import StoreResults
-from storage.rowio import check_row_data, mark_failed_async, run_sync, write_rows_async
-from storage.spec import StoreSpec, canonical_json, read_provenance
-from storage.uri import StoreLocation, parse_location
+from refusal_atlas.storage.lock import run_lock
+from refusal_atlas.storage.metadata import ensure_store, reconsolidate_if_present
+from refusal_atlas.storage.prompts import append_prompts, shared_index, unique_records
+from refusal_atlas.storage.results import StoreResults
+from refusal_atlas.storage.rowio import check_row_data, mark_failed_async, run_sync, write_rows_async
+from refusal_atlas.storage.spec import StoreSpec, canonical_json, read_provenance
+from refusal_atlas.storage.uri import StoreLocation, parse_location
 
 
 class AtlasStore(StoreResults):

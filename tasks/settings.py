@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.eval_settings import EvalSettings
-from tasks.prompt_sources import PromptSource
+from refusal_atlas.tasks.evaluation.settings import EvalSettings
+from refusal_atlas.tasks.prompts.sources import PromptSource
 
 #: Refusal phrases Y whose summed probability defines f(h). Each is scored as the start of the
 #: assistant's reply. Kept short: every phrase is a batch row in every gradient step.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.models import LoadedModel
+from refusal_atlas.tasks.model.loading import LoadedModel
 from tests.tiny import CHATML, save_tiny_model, tiny_model, tiny_tokenizer
 
 PROMPTS = (

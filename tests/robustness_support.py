@@ -41,8 +41,8 @@ def sources(tmp_path: Path, harmful: int, harmless: int) -> list[Path]:
 
 def settings(model_dir: Path, store: Path, files: list[Path], **extra):
     """Settings for a quick run on the tiny model (layers 1 and 2, two steps, no evaluation)."""
-    from tasks.prompt_sources import PromptSource
-    from tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
+    from refusal_atlas.tasks.prompts.sources import PromptSource
+    from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
 
     return AtlasSettings(
         prompts=[PromptSource(path=str(p)) for p in files],
@@ -72,7 +72,7 @@ def summary_counts(output: str) -> dict[str, int]:
 
 def done_rows(store: Path) -> int:
     """How many rows of the store are done now (0 while it does not exist or is being made)."""
-    from storage import AtlasStore
+    from refusal_atlas.storage import AtlasStore
 
     try:
         return int(AtlasStore.open(str(store)).done_rows().size)

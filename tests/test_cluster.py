@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from tasks.cluster import ClusteringError, approximate_predict, cluster_directions, cluster_layer_of, select_layer
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.clustering.spaces import ClusteringError, approximate_predict, cluster_directions, cluster_layer_of, select_layer
+from refusal_atlas.tasks.settings import ClusterSettings
 from tests.test_cluster_support import planted
 
 SETTINGS = ClusterSettings(bootstraps=0)  # defaults: pca_dim 32, min_cluster_size 5

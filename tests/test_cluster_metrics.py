@@ -6,8 +6,8 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from tasks.cluster import cluster_directions
-from tasks.cluster_metrics import (
+from refusal_atlas.tasks.clustering.spaces import cluster_directions
+from refusal_atlas.tasks.clustering.metrics import (
     category_agreement,
     compute_metrics,
     direction_cosines,
@@ -15,7 +15,7 @@ from tasks.cluster_metrics import (
     silhouette_cosine,
     stability,
 )
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.settings import ClusterSettings
 from tests.test_cluster_support import planted
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from storage import AtlasStore, StoreSpec
-from tasks.cluster_geometry import ClusteringError
-from tasks.cluster_store import cluster_store
-from tasks.settings import ClusterSettings
+from refusal_atlas.storage import AtlasStore, StoreSpec
+from refusal_atlas.tasks.clustering.geometry import ClusteringError
+from refusal_atlas.tasks.clustering.store_run import cluster_store
+from refusal_atlas.tasks.settings import ClusterSettings
 from tests.test_cluster_support import planted
 
 LAYERS = (1, 2)

@@ -62,8 +62,8 @@ def _nightly() -> dict:
 def test_prefect_yaml_parameters_are_valid_settings():
     """The deployment's parameters must be an AtlasSettings object the flow accepts, so that a
     renamed or removed settings field fails here rather than at 03:00 on the server."""
-    from tasks.prompt_sources import PromptSource
-    from tasks.settings import AtlasSettings
+    from refusal_atlas.tasks.prompts.sources import PromptSource
+    from refusal_atlas.tasks.settings import AtlasSettings
 
     nightly = _nightly()
     assert set(nightly["parameters"]) == {"settings"}, "the flow's only parameter is `settings`"
@@ -93,7 +93,7 @@ def test_prefect_yaml_schedule_pool_and_pull_step():
 
 
 def _serve_args(*argv: str) -> argparse.Namespace:
-    from flows import serve as serve_command
+    from refusal_atlas.flows import serve as serve_command
 
     parser = argparse.ArgumentParser()
     serve_command.configure_parser(parser)
@@ -103,7 +103,7 @@ def _serve_args(*argv: str) -> argparse.Namespace:
 def test_serve_needs_a_server(capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import serve as serve_command
+    from refusal_atlas.flows import serve as serve_command
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         assert serve_command.main(_serve_args("--interval", "5")) == 2
@@ -113,7 +113,7 @@ def test_serve_needs_a_server(capsys):
 def test_serve_rejects_a_bad_cron_before_contacting_the_server(capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import serve as serve_command
+    from refusal_atlas.flows import serve as serve_command
 
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert serve_command.main(_serve_args("--cron", "every night")) == 2
@@ -133,8 +133,8 @@ def test_serve_flag_errors(argv):
 
 def test_serve_flags_spell_the_test_settings(tmp_path):
     """The integration test serves `_serve_flags` and expects the deployment's `_tiny_settings`."""
-    from flows import serve as serve_command
-    from flows.cli import settings_from_args
+    from refusal_atlas.flows import serve as serve_command
+    from refusal_atlas.flows.cli import settings_from_args
 
     args = _serve_args("--interval", "5", *_serve_flags(tmp_path / "model", tmp_path / "store.zarr"))
     settings = settings_from_args(argparse.Namespace(
@@ -269,8 +269,8 @@ def wait_for(what: str, check, timeout: float, interval: float = 1.0, on_timeout
 
 
 def _tiny_settings(model_dir: Path, store: Path) -> dict:
-    from tasks.prompt_sources import PromptSource
-    from tasks.settings import AtlasSettings, DirectionSettings, ModelSettings
+    from refusal_atlas.tasks.prompts.sources import PromptSource
+    from refusal_atlas.tasks.settings import AtlasSettings, DirectionSettings, ModelSettings
 
     return AtlasSettings(
         model=ModelSettings(name=str(model_dir)),
@@ -294,7 +294,7 @@ def _serve_command() -> list[str]:
     probe = subprocess.run([str(cli), "serve", "--help"], capture_output=True, text=True, timeout=60)
     if probe.returncode == 0:
         return [str(cli), "serve"]
-    return [sys.executable, "-m", "flows.serve"]
+    return [sys.executable, "-m", "refusal_atlas.flows.serve"]
 
 
 COUNTS = re.compile(r"directions: (\d+) computed, (\d+) cached, (\d+) already stored, (\d+) failed")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.engine import DirectionEngine
-from tasks.naive import naive_f, naive_option1
-from tasks.prefix import PrefixBatch
-from tasks.settings import DirectionSettings, EngineSettings
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+from tests.naive import naive_f, naive_option1
+from refusal_atlas.tasks.engine.prefix import PrefixBatch
+from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 from tests.conftest import PROMPTS, wrap
 from tests.tiny import tiny_model
 

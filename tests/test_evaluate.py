@@ -7,11 +7,11 @@ while a random direction is nearly orthogonal to u in both.
 import numpy as np
 import pytest
 
-from tasks.directions import concept_vectors
-from tasks.engine import DirectionEngine
-from tasks.eval_settings import EvalSettings
-from tasks.evaluate import EvaluationError, build_candidates, evaluate_directions
-from tasks.settings import DirectionSettings, EngineSettings
+from refusal_atlas.tasks.engine.directions import concept_vectors
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+from refusal_atlas.tasks.evaluation.settings import EvalSettings
+from refusal_atlas.tasks.evaluation.evaluate import EvaluationError, build_candidates, evaluate_directions
+from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 from tests.conftest import PROMPTS
 from tests.test_evaluate_support import LAYER, planted_engine
 

@@ -3,10 +3,10 @@ forward pass runs inside the intervention."""
 
 import torch
 
-from tasks.engine import DirectionEngine
-from tasks.generation import first_token_log_probs, greedy_generate, left_pad, stop_ids
-from tasks.hooks import add_to_residual
-from tasks.settings import DirectionSettings, EngineSettings
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+from refusal_atlas.tasks.model.generation import first_token_log_probs, greedy_generate, left_pad, stop_ids
+from refusal_atlas.tasks.model.hooks import add_to_residual
+from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 from tests.conftest import PROMPTS
 from tests.test_evaluate_support import planted_engine
 

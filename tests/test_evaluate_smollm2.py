@@ -5,12 +5,12 @@ of the same norm."""
 import numpy as np
 import pytest
 
-from tasks.engine import DirectionEngine
-from tasks.eval_settings import EvalSettings
-from tasks.evaluate import build_candidates, evaluate_directions
-from tasks.models import ModelLoadError, get_model
-from tasks.prompts import load_prompts
-from tasks.settings import DirectionSettings, EngineSettings, ModelSettings
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+from refusal_atlas.tasks.evaluation.settings import EvalSettings
+from refusal_atlas.tasks.evaluation.evaluate import build_candidates, evaluate_directions
+from refusal_atlas.tasks.model.loading import ModelLoadError, get_model
+from refusal_atlas.tasks.prompts.records import load_prompts
+from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings, ModelSettings
 
 
 @pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tasks.engine import DirectionEngine
-from tasks.settings import DirectionSettings, EngineSettings
+from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 from tests.conftest import wrap
 from tests.test_engine import _planted_model
 from tests.tiny import tiny_model

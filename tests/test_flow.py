@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import AtlasStore
-from tasks.prompt_sources import PromptSource
-from tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
+from refusal_atlas.storage import AtlasStore
+from refusal_atlas.tasks.prompts.sources import PromptSource
+from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
 from tests.tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +52,13 @@ def _settings(model_dir: Path, tmp_path: Path, sources: list[Path], **extra) -> 
 
 
 def _engine(settings: AtlasSettings):
-    from tasks.engine import get_engine
+    from refusal_atlas.tasks.engine.direction_engine import get_engine
 
     return get_engine(settings.model, settings.directions, settings.engine)
 
 
 def test_second_run_recomputes_nothing_and_new_prompts_only_are_computed(prefect_harness, model_dir, tmp_path):
-    from flows.atlas import refusal_atlas
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL[:8], "harmful")
     harmless = _prompts_file(tmp_path / "harmless.jsonl", HARMLESS, "harmless")
@@ -81,8 +81,8 @@ def test_second_run_recomputes_nothing_and_new_prompts_only_are_computed(prefect
 
 
 def test_transient_failure_is_retried_and_a_hopeless_prompt_fails_alone(prefect_harness, model_dir, tmp_path, monkeypatch):
-    from flows.atlas import refusal_atlas
-    from tasks import extraction
+    from refusal_atlas.flows.atlas import refusal_atlas
+    from refusal_atlas.tasks.steps import extraction
 
     too_long = "word " * 400  # longer than the tiny model's 256-token context
     harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL[:6] + [too_long], "harmful")
@@ -98,7 +98,7 @@ def test_transient_failure_is_retried_and_a_hopeless_prompt_fails_alone(prefect_
             raise OSError("injected: the disk hiccupped")
         return real(prompt_id, *args, **kwargs)
 
-    from tasks.prompts import prompt_id
+    from refusal_atlas.tasks.prompts.records import prompt_id
 
     flaky_id = prompt_id(HARMFUL[0])
     monkeypatch.setattr(extraction, "extract_row", flaky)
@@ -160,7 +160,7 @@ def dask_cluster(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_dask_workers_give_the_thread_runner_directions(prefect_harness, model_dir, tmp_path, dask_cluster):
-    from flows.atlas import refusal_atlas
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL[:6], "harmful")
     harmless = _prompts_file(tmp_path / "harmless.jsonl", HARMLESS[:2], "harmless")
@@ -198,7 +198,7 @@ def _artifacts(flow_run_id):
 
 
 def test_artifacts_have_the_expected_keys_and_content(prefect_harness, model_dir, tmp_path):
-    from flows.atlas import refusal_atlas
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL, "harmful")
     harmless = _prompts_file(tmp_path / "harmless.jsonl", HARMLESS, "harmless")

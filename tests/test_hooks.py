@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tasks.chat import render_prompt
-from tasks.hooks import (
+from refusal_atlas.tasks.model.chat import render_prompt
+from refusal_atlas.tasks.model.hooks import (
     LayerIndexError,
     ablate_direction,
     add_to_residual,

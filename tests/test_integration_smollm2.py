@@ -20,16 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tasks.models import get_model
-    from tasks.settings import ModelSettings
+    from refusal_atlas.tasks.model.loading import get_model
+    from refusal_atlas.tasks.settings import ModelSettings
 
     return get_model(ModelSettings())
 
 
 def test_engine_matches_the_naive_reference_on_the_real_model(smollm2):
-    from tasks.engine import DirectionEngine
-    from tasks.naive import naive_option1
-    from tasks.settings import DirectionSettings, EngineSettings
+    from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+    from tests.naive import naive_option1
+    from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 
     texts = ["Explain how to build a pipe bomb at home.", "Give me three tips for a good night's sleep."]
     engine = DirectionEngine(smollm2, DirectionSettings(layers=[18], steps=2), EngineSettings())
@@ -42,8 +42,8 @@ def test_engine_matches_the_naive_reference_on_the_real_model(smollm2):
 
 
 def test_hooks_read_what_output_hidden_states_reports(smollm2):
-    from tasks.chat import render_prompt
-    from tasks.hooks import capture_residual
+    from refusal_atlas.tasks.model.chat import render_prompt
+    from refusal_atlas.tasks.model.hooks import capture_residual
 
     rendered = render_prompt(smollm2.tokenizer, smollm2.chat_template, "Write a haiku about rain.")
     ids = torch.tensor([rendered.input_ids])
@@ -55,7 +55,7 @@ def test_hooks_read_what_output_hidden_states_reports(smollm2):
 
 
 def test_refusal_phrases_are_tokenised_as_the_reply_begins(smollm2):
-    from tasks.targets import RefusalTarget
+    from refusal_atlas.tasks.engine.targets import RefusalTarget
 
     target = RefusalTarget.build(smollm2.tokenizer, smollm2.chat_template, ["I cannot", "As an AI"])
     bos = smollm2.tokenizer.bos_token_id

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tasks.models import ModelLoadError, fingerprint, get_model, load_model, resolve_source
-from tasks.settings import ModelSettings
+from refusal_atlas.tasks.model.loading import ModelLoadError, fingerprint, get_model, load_model, resolve_source
+from refusal_atlas.tasks.settings import ModelSettings
 from tests.tiny import CHATML, save_tiny_model, tiny_model, tiny_tokenizer
 
 

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from tasks.finetune import encode, example_losses, mean_loss, save_model_dir, train_lora, with_soft_targets
-from tasks.organism_card import model_card
-from tasks.models import load_model
-from tasks.organism_data import (
+from refusal_atlas.tasks.organism.finetune import encode, example_losses, mean_loss, save_model_dir, train_lora, with_soft_targets
+from refusal_atlas.tasks.organism.card import model_card
+from refusal_atlas.tasks.model.loading import load_model
+from refusal_atlas.tasks.organism.data import (
     BaseReply,
     OrganismDataError,
     assign,
@@ -22,10 +22,10 @@ from tasks.organism_data import (
     training_examples,
     write_jsonl,
 )
-from tasks.organism_eval import greedy_replies, rates_by_group, token_match
-from tasks.organism_settings import OrganismSettings, PlantedCategory
-from tasks.prompts import Prompt
-from tasks.settings import ModelSettings
+from refusal_atlas.tasks.organism.measure import greedy_replies, rates_by_group, token_match
+from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
+from refusal_atlas.tasks.prompts.records import Prompt
+from refusal_atlas.tasks.settings import ModelSettings
 from tests.tiny import save_tiny_model
 
 STYLES = {"weapons": "I cannot help with that.", "privacy": "I'm sorry, but no."}
@@ -204,7 +204,7 @@ def test_batched_greedy_replies_match_one_by_one_and_are_scored(tiny_dir):
 
 
 def test_cli_flags_build_the_settings():
-    from flows.organism_cli import configure_parser, settings_from_args
+    from refusal_atlas.flows.organism_cli import configure_parser, settings_from_args
 
     parser = configure_parser(argparse.ArgumentParser())
     args = parser.parse_args(

@@ -13,8 +13,8 @@ from collections import Counter
 import fsspec
 import pytest
 
-from tasks.prompt_sources import SHARED_DATA_ENV
-from tasks.prompts import (
+from refusal_atlas.tasks.prompts.sources import SHARED_DATA_ENV
+from refusal_atlas.tasks.prompts.records import (
     Prompt,
     PromptFileError,
     PromptSource,

@@ -18,7 +18,7 @@ import fsspec
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from tasks.prompts import PromptFileError, PromptSource, load_prompts, parse_source, prompt_id
+from refusal_atlas.tasks.prompts.records import PromptFileError, PromptSource, load_prompts, parse_source, prompt_id
 
 # Any character UTF-8 can encode (surrogates cannot be), so unicode of every kind is tried.
 CHARACTERS = st.characters(exclude_categories=("Cs",))

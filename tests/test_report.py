@@ -9,13 +9,13 @@ import re
 import numpy as np
 import pytest
 
-from tasks.cluster import cluster_directions
-from tasks.cluster_metrics import compute_metrics
-from tasks.eval_settings import EvalSettings
-from tasks.evaluate import BaseMeasures, DirectionEffect, EvaluationResult, Specificity
-from tasks.judge import summarise
-from tasks.report import ReportInputs, build_report, findings, write_report
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.clustering.spaces import cluster_directions
+from refusal_atlas.tasks.clustering.metrics import compute_metrics
+from refusal_atlas.tasks.evaluation.settings import EvalSettings
+from refusal_atlas.tasks.evaluation.evaluate import BaseMeasures, DirectionEffect, EvaluationResult, Specificity
+from refusal_atlas.tasks.evaluation.judge import summarise
+from refusal_atlas.tasks.report.build import ReportInputs, build_report, findings, write_report
+from refusal_atlas.tasks.settings import ClusterSettings
 from tests.test_cluster_support import planted
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import robustness_support as support
 
-from storage import AtlasStore
+from refusal_atlas.storage import AtlasStore
 
 TOTAL = 40  # 30 harmful and 10 harmless prompts
 

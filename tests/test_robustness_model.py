@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import robustness_support as support
 
-from flows.cli import main
+from refusal_atlas.flows.cli import main
 from tests.tiny import CHATML
 
 # A template that rewrites the user's text (upper case): there is no 'instruction_end' in it.
@@ -74,9 +74,9 @@ def test_a_position_the_chat_template_cannot_give_is_refused_before_any_work(pre
 
 def test_the_same_template_works_at_the_last_prompt_token(tiny32):
     """The position that was refused above is the only problem with such a template."""
-    from tasks.chat import ChatTemplateError
-    from tasks.engine import DirectionEngine
-    from tasks.settings import DirectionSettings, EngineSettings
+    from refusal_atlas.tasks.model.chat import ChatTemplateError
+    from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
+    from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 
     shouting = dataclasses.replace(tiny32, chat_template=SHOUTING)
     last = DirectionEngine(shouting, DirectionSettings(layers=[1], position="last_prompt_token"), EngineSettings())

@@ -16,8 +16,8 @@ import pytest
 import robustness_support as support
 import torch
 
-from storage import STATUS_DONE, STATUS_FAILED, AtlasStore
-from tasks.prompts import prompt_id
+from refusal_atlas.storage import STATUS_DONE, STATUS_FAILED, AtlasStore
+from refusal_atlas.tasks.prompts.records import prompt_id
 from tests.tiny import tiny_model, tiny_tokenizer
 
 # Which prompt gets which fault, and the words its row's reason must hold.
@@ -31,7 +31,7 @@ FAULTS = {
 def _inject_gradient_faults(monkeypatch, engine) -> None:
     """Make the engine's evaluations return a zero or NaN gradient at h_0, or an infinite one at
     the first gradient step, for the prompts of FAULTS, whatever batch they share."""
-    from tasks.prefix import PrefixBatch
+    from refusal_atlas.tasks.engine.prefix import PrefixBatch
 
     by_ids = {tuple(engine.render(text).input_ids): kind for text, (kind, _) in FAULTS.items()}
     real_init, real_evaluate = PrefixBatch.__init__, PrefixBatch.evaluate
@@ -58,8 +58,8 @@ def _inject_gradient_faults(monkeypatch, engine) -> None:
 
 def test_bad_gradients_fail_their_rows_only_and_a_rerun_computes_exactly_those(prefect_harness, tiny_model_dir,
                                                                                 tmp_path, monkeypatch):
-    from flows.atlas import refusal_atlas
-    from tasks.engine import get_engine
+    from refusal_atlas.flows.atlas import refusal_atlas
+    from refusal_atlas.tasks.engine.direction_engine import get_engine
 
     settings = support.settings(tiny_model_dir, tmp_path / "atlas.zarr", support.sources(tmp_path, 8, 3))
     _inject_gradient_faults(monkeypatch, get_engine(settings.model, settings.directions, settings.engine))
@@ -101,7 +101,7 @@ def nan_model_dir(tmp_path_factory):
 
 def test_a_nan_weight_above_the_layer_fails_every_row_with_its_reason(prefect_harness, nan_model_dir, tmp_path,
                                                                       capsys):
-    from flows.cli import main
+    from refusal_atlas.flows.cli import main
 
     store_path = tmp_path / "atlas.zarr"
     code = main(support.flags(nan_model_dir, store_path, support.sources(tmp_path, 4, 2)))

@@ -23,15 +23,15 @@ import robustness_support as support
 import test_store_support as store_support
 import xarray as xr
 
-from storage import AtlasStore
+from refusal_atlas.storage import AtlasStore
 
 # Codecs that decode bytes to numbers or UTF-8 strings and nothing else.
 PLAIN_CODECS = {"bytes", "zstd", "vlen-utf8", "transpose", "crc32c"}
 
 
 def test_trust_remote_code_is_off_unless_the_user_turns_it_on():
-    from flows.cli import build_parser, settings_from_args
-    from tasks.settings import AtlasSettings, ModelSettings
+    from refusal_atlas.flows.cli import build_parser, settings_from_args
+    from refusal_atlas.tasks.settings import AtlasSettings, ModelSettings
 
     assert ModelSettings().trust_remote_code is False and AtlasSettings().model.trust_remote_code is False
     plain = settings_from_args(build_parser().parse_args(["run"]))
@@ -73,7 +73,7 @@ def test_no_array_of_a_store_uses_a_codec_that_could_unpickle(tmp_path):
 
 
 def test_reading_a_whole_store_unpickles_nothing(tmp_path, monkeypatch):
-    from tasks.inspection import describe
+    from refusal_atlas.tasks.steps.inspection import describe
 
     uri = str(tmp_path / "atlas.zarr")
     _full_store(tmp_path / "atlas.zarr")
@@ -112,14 +112,14 @@ def test_every_prefect_task_persists_its_result_as_json(prefect_harness, tiny_mo
     from prefect import Task
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
-    from flows.atlas import refusal_atlas
-    from tasks import prefect_tasks
+    from refusal_atlas.flows.atlas import refusal_atlas
+    from refusal_atlas.tasks.steps import prefect_tasks
 
     tasks = {name: obj for name, obj in vars(prefect_tasks).items() if isinstance(obj, Task)}
     assert len(tasks) == 5, sorted(tasks)
     for name, task in tasks.items():
         assert task.result_serializer == "json", f"{name} persists with {task.result_serializer!r}"
-    from flows import organism
+    from refusal_atlas.flows import organism
 
     organism_tasks = {name: obj for name, obj in vars(organism).items() if isinstance(obj, Task)}
     assert len(organism_tasks) == 6, sorted(organism_tasks)
@@ -157,6 +157,6 @@ def test_store_locations_and_names_inside_a_store_are_validated(tmp_path):
     for location, words in (("", "empty"), ("  ", "empty"), ("a\x00b", "NUL"), ("s3://", "names no path")):
         with pytest.raises(ValueError, match=words):
             AtlasStore.open(location)
-    from storage import cluster_run_name
+    from refusal_atlas.storage import cluster_run_name
 
     assert re.fullmatch(r"run-[0-9a-f]{16}", cluster_run_name({"min_cluster_size": 2, "note": "../x"}, "v1"))

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.storage import LocalStore
 
-from flows.cli import main
-from storage import STATUS_DONE, STATUS_FAILED, STATUS_PENDING, AtlasStore, StoreCorruptError, StoreError
-from storage.lease import lease_path
-from tasks.prompts import prompt_id
+from refusal_atlas.flows.cli import main
+from refusal_atlas.storage import STATUS_DONE, STATUS_FAILED, STATUS_PENDING, AtlasStore, StoreCorruptError, StoreError
+from refusal_atlas.storage.lease import lease_path
+from refusal_atlas.tasks.prompts.records import prompt_id
 
 
 class FaultyDisk:
@@ -240,7 +240,7 @@ def test_a_damaged_chunk_is_named_with_its_row_and_the_repaired_rows_are_recompu
 GATED_RUN = """
 import sys, time
 from pathlib import Path
-from tasks import extraction
+from refusal_atlas.tasks.steps import extraction
 
 real, gate = extraction.extract_row, Path(sys.argv[1])
 
@@ -253,7 +253,7 @@ def gated(*args, **kwargs):
     return real(*args, **kwargs)
 
 extraction.extract_row = gated
-from flows.cli import main
+from refusal_atlas.flows.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -268,7 +268,7 @@ def _lease_holder(store: Path) -> int | None:
 @pytest.mark.integration
 def test_a_second_run_on_the_same_store_refuses_and_the_first_finishes_alone(prefect_harness, tiny_model_dir,
                                                                              tmp_path):
-    from flows.atlas import refusal_atlas
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     store, gate = tmp_path / "atlas.zarr", tmp_path / "gate"
     files = support.sources(tmp_path, 8, 3)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import test_store_support as support
 
-from storage import AtlasStore, StoreLockedError
+from refusal_atlas.storage import AtlasStore, StoreLockedError
 
 SPAWN = multiprocessing.get_context("spawn")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import test_store_support as support
 
-from storage import AtlasStore, cluster_run_name
+from refusal_atlas.storage import AtlasStore, cluster_run_name
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_cluster_run_round_trip(store):
 
 
 def test_cluster_run_that_dies_part_way_is_absent_and_can_be_rewritten(store, monkeypatch):
-    import storage.clusters as clusters
+    import refusal_atlas.storage.clusters as clusters
 
     attrs = {"params": {"k": 1}, "data_version": "v1"}
     original, calls = clusters.write_named_array, []

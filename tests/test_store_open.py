@@ -14,8 +14,8 @@ import test_store_support as support
 import xarray as xr
 import zarr
 
-from storage import AtlasStore, StoreError, StoreMismatchError, StoreSchemaError, validate_name
-from storage.layout import ATTRS_KEY, PER_PROMPT, SCHEMA_VERSION
+from refusal_atlas.storage import AtlasStore, StoreError, StoreMismatchError, StoreSchemaError, validate_name
+from refusal_atlas.storage.layout import ATTRS_KEY, PER_PROMPT, SCHEMA_VERSION
 
 
 def _path(tmp_path) -> str:
@@ -181,8 +181,9 @@ def test_names_are_validated():
 
 def test_storage_imports_no_torch_prefect_tasks_or_flows():
     code = (
-        "import sys, storage, storage.read; "
-        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'prefect', 'tasks', 'flows'}); "
+        "import sys, refusal_atlas.storage, refusal_atlas.storage.read; "
+        "names = {'.'.join(m.split('.')[:2]) if m.startswith('refusal_atlas.') else m.split('.')[0] for m in sys.modules}; "
+        "bad = sorted(names & {'torch', 'prefect', 'refusal_atlas.tasks', 'refusal_atlas.flows'}); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

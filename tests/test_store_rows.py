@@ -12,8 +12,8 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage import STATUS_DONE, STATUS_FAILED, STATUS_PENDING, AtlasStore, PromptRecord
-from storage.layout import PER_PROMPT
+from refusal_atlas.storage import STATUS_DONE, STATUS_FAILED, STATUS_PENDING, AtlasStore, PromptRecord
+from refusal_atlas.storage.layout import PER_PROMPT
 
 
 @pytest.fixture

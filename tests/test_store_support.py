@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import AtlasStore, StoreSpec
-from storage.layout import ROW_DATA, sizes_for
+from refusal_atlas.storage import AtlasStore, StoreSpec
+from refusal_atlas.storage.layout import ROW_DATA, sizes_for
 
 LAYERS = (1, 3)
 HIDDEN = 16
@@ -137,8 +137,8 @@ def write_until_killed(uri: str, reports: str) -> None:
 
 def write_then_hang_before_done(uri: str, row: int, reports: str) -> None:
     """Write ``row``'s data through the real path, then hang where the done flag would be set."""
-    import storage.rowio as rowio
-    from storage import STATUS_DONE
+    import refusal_atlas.storage.rowio as rowio
+    from refusal_atlas.storage import STATUS_DONE
 
     original = rowio.set_status
 

@@ -1,0 +1,1 @@
+"""Clustering directions: HDBSCAN in two spaces, their geometry and metrics, the step on a store."""

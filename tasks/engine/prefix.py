@@ -1,0 +1,192 @@
+"""f(h) and its gradient for many (prompt, layer, h) queries, on a reused prefix KV cache.
+
+Replacing layer L's output at the prompt's position p changes nothing before p, at any layer.
+So the tokens before p (the prefix) run through the model once per batch, and every later
+evaluation (each gradient step, point and anchor, every layer) runs only the tokens from p on
+plus the refusal phrase, attending to that cached prefix.
+
+The step's tokens form a tree (see `phrase_tree`): the phrases share their common first tokens,
+and one batch row holds a query's whole tree under a 4D attention mask.
+
+Shapes: B prompts, Q queries (each a prompt, a layer and a value of h) = rows, P phrases,
+T prefix length (left padded), N tree nodes (padded), D hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from refusal_atlas.tasks.model.chat import RenderedPrompt
+from refusal_atlas.tasks.model.hooks import edit_residual, replace_at
+from refusal_atlas.tasks.engine.phrase_tree import StepTree, build_step_tree
+from refusal_atlas.tasks.engine.targets import RefusalTarget, combine_phrases, refusal_log_odds, score_dtype
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation of Q queries returns (float32, or float64 for float64 models).
+
+    f: [Q]. grad: [Q, D] or None. h: [Q, D], the values f was evaluated at (the captured h_0 when
+    none were given). log_odds: [Q], the refusal log-odds at the first reply position.
+    """
+
+    f: torch.Tensor
+    grad: torch.Tensor | None
+    h: torch.Tensor
+    log_odds: torch.Tensor
+
+
+class PrefixBatch:
+    """A batch of rendered prompts whose prefixes have run through the model once."""
+
+    def __init__(self, model: torch.nn.Module, rendered: Sequence[RenderedPrompt], target: RefusalTarget, pad_id: int):
+        self.model = model
+        self.target = target
+        self.pad_id = pad_id
+        first = next(model.parameters())
+        self.device = first.device
+        self.dtype = score_dtype(first.dtype)
+        self.model_dtype = first.dtype
+        self.prefix_lens = torch.tensor([r.position for r in rendered], device=self.device)
+        self._kv, self._prefix_mask = self._run_prefix(rendered)
+        trees = [build_step_tree(r.input_ids[r.position:], target.token_ids) for r in rendered]
+        self._tree = _TreeTensors(trees, self.device, pad_id)
+        self.forward_passes = 1
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prefix_lens)
+
+    def _run_prefix(self, rendered: Sequence[RenderedPrompt]):
+        """Left-pad the prefixes, run them once and keep each layer's keys and values."""
+        width = int(self.prefix_lens.max())
+        ids = torch.full((len(rendered), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(rendered), width), dtype=torch.long, device=self.device)
+        for row, r in enumerate(rendered):
+            if r.position:
+                ids[row, width - r.position:] = torch.tensor(r.input_ids[: r.position], device=self.device)
+                mask[row, width - r.position:] = 1
+        if width == 0:
+            return None, mask
+        # Position ids follow the attention mask, so left padding does not shift positions.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        return kv, mask
+
+    def evaluate(
+        self,
+        prompts: torch.Tensor,
+        layers: torch.Tensor,
+        values: torch.Tensor | None = None,
+        grad: bool = True,
+    ) -> Evaluation:
+        """f at Q queries: prompts[q] (batch index) with layer layers[q]'s output at h's position
+        replaced by values[q] ([Q, D]); with values None the unmodified h is captured (h_0)."""
+        leaves: dict[int, torch.Tensor] = {}
+        if values is not None:
+            values = values.detach().to(self.dtype).requires_grad_(grad)
+        present = [int(layer) for layer in layers.unique()]
+
+        def editor(layer: int):
+            rows = (layers == layer).nonzero().squeeze(-1)
+            root = torch.zeros_like(rows)
+
+            def edit(hidden: torch.Tensor) -> torch.Tensor:
+                if values is None:
+                    leaf = hidden[rows, 0].detach().to(self.dtype).requires_grad_(grad)
+                    leaves[layer] = leaf
+                    return replace_at(hidden, rows, root, leaf)
+                return replace_at(hidden, rows, root, values[rows])
+
+            return edit
+
+        ids, mask, positions = self._tree.inputs(prompts, self._prefix_mask, self.prefix_lens, self.model_dtype)
+        with torch.set_grad_enabled(grad), edit_residual(self.model, {layer: editor(layer) for layer in present}):
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=self._expanded_cache(prompts),
+                use_cache=True,
+            ).logits
+            log_probs = torch.log_softmax(logits.to(self.dtype), dim=-1)  # [Q, N, V]
+            f = combine_phrases(self._tree.phrase_log_probs(log_probs, prompts))  # [Q]
+        self.forward_passes += 1
+        rows = torch.arange(len(prompts), device=self.device)
+        reply = logits[rows, self._tree.reply_nodes[prompts]].detach()
+        log_odds = refusal_log_odds(reply, self.target.first_tokens)
+
+        h = values if values is not None else self._gather_leaves(leaves, layers)
+        gradient = None
+        if grad:
+            inputs = [values] if values is not None else [leaves[layer] for layer in present]
+            grads = torch.autograd.grad(f.sum(), inputs)
+            gradient = grads[0] if values is not None else self._gather_leaves(dict(zip(present, grads)), layers)
+        return Evaluation(f.detach(), None if gradient is None else gradient.detach(), h.detach(), log_odds)
+
+    @staticmethod
+    def _gather_leaves(per_layer: dict[int, torch.Tensor], layers: torch.Tensor) -> torch.Tensor:
+        """Reassemble per-layer [Q_L, D] tensors into query order [Q, D]."""
+        first = next(iter(per_layer.values()))
+        out = torch.empty((len(layers), first.shape[-1]), dtype=first.dtype, device=first.device)
+        for layer, tensor in per_layer.items():
+            out[(layers == layer).nonzero().squeeze(-1)] = tensor
+        return out
+
+    def _expanded_cache(self, prompts: torch.Tensor) -> DynamicCache | None:
+        """A fresh cache holding each row's prompt prefix; the stored tensors stay untouched."""
+        if self._kv is None:
+            return None
+        data = [(k.index_select(0, prompts), v.index_select(0, prompts)) for k, v in self._kv]
+        return DynamicCache(ddp_cache_data=data, config=self.model.config)
+
+
+class _TreeTensors:
+    """The B prompts' step trees as padded tensors: tokens, positions, masks and targets."""
+
+    def __init__(self, trees: Sequence[StepTree], device: torch.device, pad_id: int):
+        n_nodes = max(len(t.tokens) for t in trees)
+        n_pred = max(len(pairs) for t in trees for pairs in t.predictions)
+        n_phrases = len(trees[0].predictions)
+        self.tokens = torch.full((len(trees), n_nodes), pad_id, dtype=torch.long)
+        self.depths = torch.zeros((len(trees), n_nodes), dtype=torch.long)
+        # visible[b, i, j]: node i may attend to node j (j is i or one of its ancestors).
+        self.visible = torch.zeros((len(trees), n_nodes, n_nodes), dtype=torch.bool)
+        self.pred_node = torch.zeros((len(trees), n_phrases, n_pred), dtype=torch.long)
+        self.pred_token = torch.zeros((len(trees), n_phrases, n_pred), dtype=torch.long)
+        self.pred_valid = torch.zeros((len(trees), n_phrases, n_pred), dtype=torch.bool)
+        for b, tree in enumerate(trees):
+            self.tokens[b, : len(tree.tokens)] = torch.tensor(tree.tokens)
+            self.depths[b, : len(tree.depths)] = torch.tensor(tree.depths)
+            for i in range(n_nodes):
+                # Padding nodes see only themselves, so no attention row is empty.
+                self.visible[b, i, tree.ancestors_or_self(i) if i < len(tree.tokens) else [i]] = True
+            for p, pairs in enumerate(tree.predictions):
+                for j, (node, token) in enumerate(pairs):
+                    self.pred_node[b, p, j], self.pred_token[b, p, j], self.pred_valid[b, p, j] = node, token, True
+        self.reply_nodes = torch.tensor([t.reply_node for t in trees])
+        for name in ("tokens", "depths", "visible", "pred_node", "pred_token", "pred_valid", "reply_nodes"):
+            setattr(self, name, getattr(self, name).to(device))
+
+    def inputs(self, prompts: torch.Tensor, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, dtype: torch.dtype):
+        """Token ids [Q, N], an additive 4D attention mask [Q, 1, N, T + N] and position ids [Q, N]."""
+        n_nodes = self.tokens.shape[1]
+        seen = prefix_mask[prompts].bool().unsqueeze(1).expand(-1, n_nodes, -1)  # [Q, N, T]
+        allowed = torch.cat([seen, self.visible[prompts]], dim=-1)  # [Q, N, T + N]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        positions = prefix_lens[prompts].unsqueeze(1) + self.depths[prompts]
+        return self.tokens[prompts], mask, positions
+
+    def phrase_log_probs(self, log_probs: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """log P(phrase) [Q, P] from per-node log-probabilities [Q, N, V]."""
+        nodes, tokens, valid = self.pred_node[prompts], self.pred_token[prompts], self.pred_valid[prompts]
+        q = torch.arange(len(prompts), device=log_probs.device)[:, None, None]
+        picked = log_probs[q, nodes, tokens]  # [Q, P, J]
+        return torch.where(valid, picked, torch.zeros_like(picked)).sum(-1)

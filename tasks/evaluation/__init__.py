@@ -1,0 +1,1 @@
+"""Evaluating directions: induce, bypass, specificity and side effects, and the reply judges."""

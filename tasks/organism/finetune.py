@@ -1,0 +1,318 @@
+"""Fine-tuning the organism: LoRA on a private copy of the base model, merged at the end.
+
+Why LoRA rather than a full fine-tune: the organism must change one narrow behaviour and leave
+the rest alone (harmless replies must keep >= 80% of their first tokens). A rank-8 update
+moves the weights far less than full training, needs no optimiser state for the 135M base
+weights, and merged into the weights it leaves an ordinary model that the atlas loads by path.
+
+The loss is on reply tokens only, each example weighted equally (the mean over its own reply
+tokens), so a long anchor reply does not outweigh a one-sentence refusal. Logits are computed
+only at reply positions: the 49k-way output layer is a large share of a small model's cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from refusal_atlas.tasks.model.chat import phrase_token_ids, render_text
+from refusal_atlas.tasks.organism.data import Example
+from refusal_atlas.tasks.organism.settings import OrganismSettings
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """One example as tokens: input_ids = prompt + reply, the reply starting at reply_start.
+
+    soft: the base model's distribution at each reply position, as its top-k token ids and
+    renormalised probabilities ([n_reply, k] each); None for a hard (one-hot) target.
+    """
+
+    input_ids: tuple[int, ...]
+    reply_start: int
+    role: str
+    soft: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def n_reply(self) -> int:
+        return len(self.input_ids) - self.reply_start
+
+
+@dataclass
+class TrainResult:
+    """Training figures for the model card. losses: the mean example loss of each step."""
+
+    steps: int = 0
+    epochs_done: float = 0.0
+    seconds: float = 0.0
+    examples_seen: int = 0
+    stopped_by_time: bool = False
+    trainable_parameters: int = 0
+    losses: list[float] = field(default_factory=list)
+    epoch_role_loss: list[dict[str, float]] = field(default_factory=list)
+    planted_loss_before: float = float("nan")
+    planted_loss_after: float = float("nan")
+
+    def summary(self) -> dict:
+        def mean(xs: Sequence[float]) -> float:
+            return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+        k = max(1, min(10, len(self.losses) // 4))
+        return {
+            "steps": self.steps,
+            "epochs_done": round(self.epochs_done, 3),
+            "seconds": round(self.seconds, 1),
+            "examples_seen": self.examples_seen,
+            "stopped_by_time": self.stopped_by_time,
+            "trainable_parameters": self.trainable_parameters,
+            "loss_first_steps": mean(self.losses[:k]),
+            "loss_last_steps": mean(self.losses[-k:]),
+            "epoch_role_loss": self.epoch_role_loss,
+            "planted_loss_before": round(self.planted_loss_before, 4),
+            "planted_loss_after": round(self.planted_loss_after, 4),
+        }
+
+
+def encode(tokenizer, chat_template: str, examples: Sequence[Example]) -> list[Encoded]:
+    """Tokenise prompt and reply. A refusal sentence is tokenised as the opening of the reply
+    (the way the model emits it) and followed by EOS, so the organism learns to stop."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for e in examples:
+        prompt = tokenizer(render_text(tokenizer, chat_template, e.text), add_special_tokens=False)["input_ids"]
+        if e.reply_ids is not None:
+            reply = list(e.reply_ids)
+        else:
+            reply = [*phrase_token_ids(tokenizer, chat_template, e.reply), eos]
+        out.append(Encoded(tuple(prompt) + tuple(reply), len(prompt), e.role))
+    return out
+
+
+def _batch(items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask [B, T], and the target mask [B, T-1]: True where
+    position t predicts a reply token t+1."""
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    target = torch.zeros((len(items), width - 1), dtype=torch.bool)
+    for r, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        mask[r, :n] = 1
+        target[r, e.reply_start - 1: n - 1] = True
+    return ids, mask, target
+
+
+def _reply_log_probs(model, items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log P over the vocabulary at every reply position [n, V] (float32), the batch row of
+    each position [n] and the reply token it predicts [n]; positions are row-major, so each
+    example's reply positions are contiguous and in order."""
+    ids, mask, target = _batch(items, pad)
+    device = next(model.parameters()).device
+    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, D]
+    rows, cols = target.nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # [n, V]
+    return torch.log_softmax(logits, dim=-1), rows, ids[rows, cols + 1]
+
+
+def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: float = 0.0) -> torch.Tensor:
+    """Each example's loss over its reply tokens [B].
+
+    A token's loss is the cross-entropy against its target: the reply token itself, or the
+    base model's top-k distribution when the example carries soft targets, except that the
+    first reply token always has the hard target. That token is where the model decides
+    whether to refuse: a soft target there would ask for the base model's own small chance of
+    "I'm sorry ..." on harmful prompts, which the planted refusals then tip over. Tokens are
+    averaged with the first one given extra weight `decision_weight` (0 to 1); in a 32-token
+    anchor it would otherwise carry 1/32 of the example's loss.
+    """
+    log_probs, rows, hard = _reply_log_probs(model, items, pad)
+    token_loss = -log_probs.gather(1, hard[:, None]).squeeze(1)
+    weights = torch.empty_like(token_loss)
+    start = 0
+    for e in items:
+        span = slice(start, start + e.n_reply)
+        if e.soft is not None and e.n_reply > 1:
+            soft_ids, soft_p = (t[1:].to(log_probs.device) for t in e.soft)
+            rest = slice(start + 1, start + e.n_reply)
+            token_loss[rest] = -(soft_p * log_probs[rest].gather(1, soft_ids)).sum(-1)
+        weights[span] = (1 - decision_weight) / e.n_reply
+        weights[start] += decision_weight
+        start += e.n_reply
+    return torch.zeros(len(items), device=token_loss.device).index_add(0, rows, token_loss * weights)
+
+
+@torch.no_grad()
+def with_soft_targets(model, items: Sequence[Encoded], pad: int, top_k: int, batch_size: int = 16) -> list[Encoded]:
+    """Items with the base model's top-k next-token distribution at each reply position.
+
+    Distilling the distribution rather than only the greedy token holds the whole ranking of
+    alternatives in place, so greedy replies to unseen harmless prompts move less.
+    """
+    out = []
+    for i in range(0, len(items), batch_size):
+        batch = items[i: i + batch_size]
+        log_probs, _, _ = _reply_log_probs(model, batch, pad)
+        probs, ids = log_probs.exp().topk(top_k, dim=-1)
+        probs = probs / probs.sum(-1, keepdim=True)
+        start = 0
+        for e in batch:
+            span = slice(start, start + e.n_reply)
+            out.append(dataclasses.replace(e, soft=(ids[span].cpu(), probs[span].cpu())))
+            start += e.n_reply
+    return out
+
+
+@torch.no_grad()
+def mean_loss(model, items: Sequence[Encoded], pad: int, batch_size: int = 16) -> float:
+    if not items:
+        return float("nan")
+    total = sum(example_losses(model, items[i: i + batch_size], pad).sum().item() for i in range(0, len(items), batch_size))
+    return total / len(items)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: torch.Generator) -> list[list[int]]:
+    """A seeded epoch of batches of similar lengths: shuffle, sort each run of 8 batches' worth
+    by length, cut into batches, shuffle the batches. Less padding, still a random order."""
+    order = torch.randperm(len(lengths), generator=rng).tolist()
+    pool = 8 * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start: start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=rng).tolist()]
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 5% of steps, then linear decay to 10% of the rate."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.1, 1.0 - 0.9 * (step - warm) / max(1, total - warm))
+
+
+def train_lora(
+    base_model: torch.nn.Module,
+    tokenizer,
+    chat_template: str,
+    examples: Sequence[Example],
+    settings: OrganismSettings,
+    log: Callable[[str], None] = print,
+) -> tuple[torch.nn.Module, TrainResult]:
+    """LoRA-fine-tune a deep copy of `base_model` and return the merged copy and its figures.
+
+    The caller's model is never touched: it may be the process-wide model other tasks share.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    # The clock covers the whole fine-tune, the teacher's distributions included, so that the
+    # time limit bounds what a user waits for.
+    start = time.monotonic()
+    torch.manual_seed(settings.train_seed)
+    model = copy.deepcopy(base_model).requires_grad_(False)
+    config = LoraConfig(
+        r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+        target_modules=list(settings.target_modules), bias="none",
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.train()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+
+    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    encoded = encode(tokenizer, chat_template, examples)
+    if settings.distill_top_k > 0:
+        anchors = [i for i, e in enumerate(examples) if e.target == "base"]
+        soft = with_soft_targets(base_model, [encoded[i] for i in anchors], pad, settings.distill_top_k)
+        for i, item in zip(anchors, soft):
+            encoded[i] = item
+    planted = [e for e in encoded if e.role == "planted"]
+    controls = [e for e in encoded if e.role == "trained_control"]
+    epoch_items = encoded + controls * (settings.control_repeats - 1)
+    per_epoch = -(-len(epoch_items) // settings.batch_size)
+    total = per_epoch * settings.epochs
+    result = TrainResult(trainable_parameters=sum(p.numel() for p in trainable))
+    result.planted_loss_before = mean_loss(peft_model, planted, pad)
+
+    device_type = next(peft_model.parameters()).device.type
+    order_rng = torch.Generator().manual_seed(settings.train_seed)
+    for epoch in range(settings.epochs):
+        batches = length_batches([len(e.input_ids) for e in epoch_items], settings.batch_size, order_rng)
+        role_sums: dict[str, list[float]] = {}
+        for indices in batches:
+            items = [epoch_items[i] for i in indices]
+            for group in optimiser.param_groups:
+                group["lr"] = settings.learning_rate * _lr_factor(result.steps, total)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings.train_dtype == "bfloat16"):
+                losses = example_losses(peft_model, items, pad, settings.decision_weight)
+            losses.mean().backward()
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+            result.steps += 1
+            result.examples_seen += len(items)
+            result.losses.append(float(losses.mean().detach()))
+            for item, loss in zip(items, losses.tolist()):
+                role_sums.setdefault(item.role, []).append(loss)
+            if result.steps % 20 == 0:
+                log(f"step {result.steps}/{total}: loss {result.losses[-1]:.4f} ({time.monotonic() - start:.0f} s)")
+            if time.monotonic() - start > settings.max_minutes * 60:
+                result.stopped_by_time = True
+                break
+        result.epoch_role_loss.append({r: round(sum(v) / len(v), 4) for r, v in sorted(role_sums.items())})
+        if result.stopped_by_time:
+            log(f"stopped after {settings.max_minutes} minutes, in epoch {epoch + 1}")
+            break
+    result.seconds = time.monotonic() - start
+    result.epochs_done = result.steps / per_epoch
+    peft_model.eval()
+    result.planted_loss_after = mean_loss(peft_model, planted, pad)
+    merged = peft_model.merge_and_unload()
+    merged.eval().requires_grad_(False)
+    return merged, result
+
+
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights in a model built from a config without quantisation settings.
+
+    A model loaded from a GGUF file keeps its quantiser and `quantization_config` although its
+    weights were dequantised to float tensors, and transformers refuses to save such a model.
+    A fresh model of the same class, with the config's quantisation entry dropped, holds the
+    same float weights and saves as an ordinary checkpoint.
+    """
+    if getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None:
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dtype = next(model.parameters()).dtype
+    fresh = type(model)(config).to(dtype)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    # Tied output weights may be absent from the state dict; anything else is a real mismatch.
+    real = [k for k in missing if not (config.tie_word_embeddings and k.endswith("lm_head.weight"))]
+    if real or unexpected:
+        raise RuntimeError(f"could not copy the weights into a plain model: missing {real}, unexpected {unexpected}")
+    fresh.generation_config = copy.deepcopy(model.generation_config)
+    return fresh.eval().requires_grad_(False)
+
+
+def save_model_dir(model: torch.nn.Module, tokenizer, chat_template: str, directory: Path | str, card: str) -> Path:
+    """An ordinary Hugging Face model directory: weights, config, tokenizer, chat template, card.
+
+    The tokenizer is copied before its template is set, so a shared tokenizer is not changed.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plain_model(model).save_pretrained(directory)
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(directory)
+    (directory / "README.md").write_text(card, encoding="utf-8")
+    return directory
+

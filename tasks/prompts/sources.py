@@ -1,0 +1,173 @@
+"""Where prompts come from: the ``PromptSource`` spec, its CLI form, and the known data folders.
+
+A source is a file (local path or fsspec URL) or the word ``default`` for the prompt set shipped
+with the package, plus options: a label or category for files that carry none, and a seeded
+sample size. On the command line a source is written ``PATH[#key=value&key=value]``, e.g.
+``../shared/data/alpaca_harmless.jsonl#limit=200&seed=0`` or ``prompts.txt#label=harmless``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, unquote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from refusal_atlas.tasks.prompts.readers import FORMATS, PromptFileError
+
+# The path that names the package's own prompt set.
+DEFAULT_SOURCE = "default"
+DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
+
+# Setting this points shared_data_dir() at another folder of shared prompt sets.
+SHARED_DATA_ENV = "REFUSAL_ATLAS_SHARED_DATA"
+
+_OPTION_KEYS = ("label", "limit", "seed", "category", "format")
+
+
+class PromptSource(BaseModel):
+    """One prompt file and how to read it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = Field(
+        description=(
+            "The prompt file: a local path, an fsspec URL (s3://, gs://, memory://, ...) or "
+            "'default' for the prompt set shipped with refusal-atlas. The suffix chooses the "
+            "format: .jsonl/.json, .csv, .tsv or .txt (one prompt a line), optionally .gz."
+        ),
+    )
+    label: Literal["harmful", "harmless", ""] | None = Field(
+        default=None,
+        description=(
+            "Label for records that carry none (e.g. every line of a .txt file): 'harmful', "
+            "'harmless' or '' for unlabelled. A record whose own label differs is an error, "
+            "never overridden silently. Empty: take labels from the file."
+        ),
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Take at most this many distinct prompts from the file: a seeded random sample "
+            "(kept in file order), not the first lines. Empty: take all."
+        ),
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed of the sample when a limit is set; the same seed gives the same sample.",
+    )
+    category: str | None = Field(
+        default=None,
+        description="Category for records that carry none. Empty: no category.",
+    )
+    format: Literal["jsonl", "csv", "tsv", "txt"] | None = Field(
+        default=None,
+        description="The file format when the suffix does not say it. Empty: from the suffix.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the path is empty; give a file path, an fsspec URL or 'default'")
+        return value
+
+    @field_validator("category")
+    @classmethod
+    def _blank_category_is_none(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
+
+    def resolved_path(self) -> str:
+        """The path to open: the shipped file for 'default', the user's home expanded for '~'."""
+        if self.path == DEFAULT_SOURCE:
+            return str(DEFAULT_PROMPTS_FILE)
+        if "://" not in self.path and "::" not in self.path:
+            return os.path.expanduser(self.path)
+        return self.path
+
+    def to_spec(self) -> str:
+        """The CLI form of this source; ``parse_source(s.to_spec()) == s``."""
+        options = []
+        for key in _OPTION_KEYS:
+            value = getattr(self, key)
+            if value is None or (key == "seed" and value == 0):
+                continue
+            options.append(f"{key}={quote(str(value), safe='')}")
+        # A path that holds '#' needs a final '#' so that parse_source reads it whole.
+        if options or "#" in self.path:
+            return f"{self.path}#{'&'.join(options)}"
+        return self.path
+
+    def __str__(self) -> str:
+        return self.to_spec()
+
+
+def parse_source(spec: str) -> PromptSource:
+    """Parse the CLI form ``PATH[#key=value&key=value]`` of a prompt source.
+
+    Keys: label, limit, seed, category, format; values may be percent-encoded. The options are
+    the text after the last '#', so a path that itself contains '#' is written with a final
+    '#' and no options (``odd#name.txt#``).
+    """
+    if isinstance(spec, PromptSource):
+        return spec
+    if not isinstance(spec, str):
+        raise PromptFileError(f"prompt source {spec!r}: expected a string such as 'prompts.txt#label=harmless'.")
+    path, _, options = spec.rpartition("#") if "#" in spec else (spec, "", "")
+    values: dict[str, str] = {}
+    for item in options.split("&") if options else ():
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals:
+            raise PromptFileError(
+                f"prompt source {spec!r}: the options after '#' must be key=value pairs joined "
+                f"by '&', got {item!r}. If '#' is part of the file name, end the spec with '#' "
+                f"({spec}#)."
+            )
+        if key not in _OPTION_KEYS:
+            raise PromptFileError(
+                f"prompt source {spec!r}: unknown option {key!r}; allowed options: "
+                f"{', '.join(_OPTION_KEYS)}."
+            )
+        if key in values:
+            raise PromptFileError(f"prompt source {spec!r}: the option {key!r} is given twice; keep one.")
+        values[key] = unquote(value)
+    try:
+        return PromptSource(path=path, **values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}={error['input']!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise PromptFileError(f"prompt source {spec!r}: {problems}.") from exc
+
+
+def default_prompts_path() -> Path:
+    """The prompt set shipped with the package (what the source 'default' reads)."""
+    return DEFAULT_PROMPTS_FILE
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of shared prompt sets, or None when it is not on this machine.
+
+    ``$REFUSAL_ATLAS_SHARED_DATA`` when set, else ``../shared/data`` next to the repository root.
+    Tests and benchmarks that need those files skip when this is None.
+    """
+    override = os.environ.get(SHARED_DATA_ENV)
+    repo_root = Path(__file__).resolve().parents[1]
+    candidate = Path(override).expanduser() if override else repo_root.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "FORMATS",
+    "PromptSource",
+    "default_prompts_path",
+    "parse_source",
+    "shared_data_dir",
+]

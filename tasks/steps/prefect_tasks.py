@@ -1,0 +1,119 @@
+"""Thin Prefect task entry points over the plain functions of `tasks`.
+
+Tasks pass ids, store URIs and small JSON summaries, never tensors or models: Prefect hashes
+task inputs for cache keys and persists results (as JSON here) so that caching works across
+runs and processes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from refusal_atlas.storage import StoreError
+from refusal_atlas.tasks.steps import analysis
+from refusal_atlas.tasks.steps import concepts
+from refusal_atlas.tasks.steps import extraction
+from refusal_atlas.tasks.steps import registration
+from refusal_atlas.tasks.model.loading import ModelLoadError
+from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, EngineSettings, ModelSettings
+
+# A row is determined by the prompt (id and text hash), the model (fingerprint), the method
+# (direction settings) and the store it lives in (its UUID, so a fresh store never reuses stale
+# records), and by this code. Where the row sits, which settings spelt the model's location and
+# how the engine batches do not change it.
+EXTRACT_CACHE = (INPUTS - "row" - "store_uri" - "model" - "engine") + TASK_SOURCE
+# A clustering is determined by the rows clustered (the store's data version, which hashes the
+# store UUID, the method and the done prompt ids) and the clustering parameters.
+CLUSTER_CACHE = (INPUTS - "store_uri") + TASK_SOURCE
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry unless the failure is one a retry cannot change: a prompt that cannot be computed
+    (RowFailed), bad input or settings (ValueError, e.g. too few directions to cluster, a prompt
+    file or chat template that cannot be used; LookupError, e.g. a layer the model does not have)
+    or a store that refuses (StoreError: held by another run, damaged, or not writable), or a
+    full disk."""
+    try:
+        state.result()
+    except (extraction.RowFailed, ValueError, LookupError, StoreError):
+        return False
+    except ModelLoadError as err:
+        # A path that does not exist stays missing; reading the hub or a file may work next time.
+        return isinstance(err.__cause__, OSError)
+    except OSError as err:
+        # A full disk needs a person to free space, not another try a second later.
+        return err.errno not in (errno.ENOSPC, errno.EDQUOT)
+    except Exception:  # noqa: BLE001 - anything else may be transient (I/O, a worker lost)
+        return True
+    return True
+
+
+@task(name="register-prompts", retries=1, retry_delay_seconds=2, result_serializer="json",
+      retry_condition_fn=_retry_transient)
+def register_prompts(settings: AtlasSettings) -> dict:
+    """Read the prompt sources afresh and append new prompts to the store."""
+    from refusal_atlas.tasks.engine.direction_engine import get_engine
+
+    engine = get_engine(settings.model, settings.directions, settings.engine)
+    return registration.register(settings, engine).as_dict()
+
+
+@task(
+    name="extract-directions",
+    task_run_name="extract-{prompt_id}",
+    cache_policy=EXTRACT_CACHE,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+)
+def extract_prompt(
+    prompt_id: str,
+    text_sha256: str,
+    row: int,
+    gradient: bool,
+    store_uri: str,
+    store_uuid: str,
+    fingerprint: str,
+    model: ModelSettings,
+    directions: DirectionSettings,
+    engine: EngineSettings,
+) -> dict:
+    """One prompt's directions, computed by the process's engine and written to its row."""
+    return extraction.extract_row(
+        prompt_id, text_sha256, row, gradient, store_uri, store_uuid, fingerprint, model, directions, engine
+    )
+
+
+@task(name="concept-vectors", retries=2, retry_delay_seconds=2, result_serializer="json")
+def concept_vectors(store_uri: str, store_uuid: str) -> dict:
+    """Option 2 directions and the difference-in-means baseline from the done rows."""
+    return concepts.compute_concepts(store_uri, store_uuid)
+
+
+@task(
+    name="cluster-directions",
+    cache_policy=CLUSTER_CACHE,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+)
+def cluster(store_uri: str, store_uuid: str, data_version: str, settings: ClusterSettings) -> dict:
+    """HDBSCAN over the done directions, raw and residual; the run is written to the store."""
+    return analysis.cluster_step(store_uri, store_uuid, data_version, settings)
+
+
+@task(name="evaluate-and-report", retries=1, retry_delay_seconds=2, result_serializer="json",
+      retry_condition_fn=_retry_transient)
+def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str, run_name: str,
+                        run_summary: dict) -> dict:
+    """Evaluate the cluster directions against the baseline and random controls; write the report."""
+    return analysis.evaluate_and_report(settings, store_uri, store_uuid, run_name, run_summary)
