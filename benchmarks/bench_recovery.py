@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from refusal_atlas.tasks.clustering.spaces import cluster_directions  # noqa: E402
 from refusal_atlas.tasks.clustering.metrics import category_agreement  # noqa: E402
-from refusal_atlas.tasks.engine.directions import unit_rows  # noqa: E402
+from refusal_atlas.tasks.rows import normalise_rows as unit_rows  # noqa: E402
 from refusal_atlas.tasks.engine.direction_engine import DirectionEngine  # noqa: E402
 from refusal_atlas.tasks.model.hooks import ablate_direction, add_to_residual  # noqa: E402
 from refusal_atlas.tasks.evaluation.judge import judge  # noqa: E402

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from refusal_atlas.tasks.clustering.spaces import cluster_directions, cluster_layer_of  # noqa: E402
 from refusal_atlas.tasks.clustering.metrics import compute_metrics  # noqa: E402
-from refusal_atlas.tasks.engine.directions import concept_vectors  # noqa: E402
+from refusal_atlas.tasks.engine.concepts import concept_vectors  # noqa: E402
 from refusal_atlas.tasks.engine.direction_engine import DirectionEngine  # noqa: E402
 from refusal_atlas.tasks.evaluation.settings import EvalSettings  # noqa: E402
 from refusal_atlas.tasks.evaluation.evaluate import build_candidates, evaluate_directions  # noqa: E402

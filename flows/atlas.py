@@ -8,6 +8,7 @@ chosen per run from the settings, including runs started from a deployment in th
 # No `from __future__ import annotations` here: Prefect resolves the flow's parameter type
 # (AtlasSettings) from its annotation, also in processes that unpickle the flow (Flow.serve).
 import sys
+from dataclasses import asdict
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
@@ -21,10 +22,10 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from refusal_atlas.storage import STATUS_DONE, AtlasStore
+from refusal_atlas.storage import AtlasStore
 from refusal_atlas.storage.lease import run_lease
 from refusal_atlas.tasks.steps.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
-from refusal_atlas.tasks.steps.registration import Registration
+from refusal_atlas.tasks.steps.registration import PromptTask, Registration
 from refusal_atlas.tasks.settings import AtlasSettings
 
 
@@ -46,25 +47,24 @@ def task_runner(settings: AtlasSettings):
 
 @flow(name="extract-directions")
 def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str, fingerprint: str,
-                       rows: list[int], gradient_rows: list[int]) -> dict:
-    """One task per prompt row; a progress artifact and bar follow them as they finish."""
+                       prompts: list[dict]) -> dict:
+    """One task per prompt (``PromptTask`` fields, as registration computed them); a progress
+    artifact and bar follow them as they finish."""
     logger = get_run_logger()
-    store = AtlasStore.open(store_uri)
-    stored = store.read_rows(rows, ("prompt_id", "text_sha256", "status"))
-    walk = set(gradient_rows)
-    # A row the store does not hold as done is computed whatever Prefect's cache says: a cache
-    # record can outlive its row (one that `refusal-atlas inspect --repair` marked pending).
-    done = stored["status"] == STATUS_DONE
+    work = [PromptTask(**p) for p in prompts]
     futures = []
-    for mapped, picked in ((extract_prompt, done), (extract_prompt.with_options(refresh_cache=True), ~done)):
-        at = [i for i in range(len(rows)) if picked[i]]
-        if not at:
+    # A row the store did not hold as done at registration is computed whatever Prefect's cache
+    # says: a cache record can outlive its row (one that `refusal-atlas inspect --repair` marked
+    # pending).
+    for mapped, picked in ((extract_prompt, True), (extract_prompt.with_options(refresh_cache=True), False)):
+        batch = [p for p in work if p.done is picked]
+        if not batch:
             continue
         futures += mapped.map(
-            prompt_id=[str(stored["prompt_id"][i]) for i in at],
-            text_sha256=[str(stored["text_sha256"][i]) for i in at],
-            row=[rows[i] for i in at],
-            gradient=[rows[i] in walk for i in at],
+            prompt_id=[p.prompt_id for p in batch],
+            text_sha256=[p.text_sha256 for p in batch],
+            row=[p.row for p in batch],
+            gradient=[p.gradient for p in batch],
             store_uri=unmapped(store_uri),
             store_uuid=unmapped(store_uuid),
             fingerprint=unmapped(fingerprint),
@@ -111,11 +111,9 @@ def refusal_atlas(settings: AtlasSettings = AtlasSettings()) -> dict:
 def _compute(settings: AtlasSettings, reg: Registration) -> dict:
     """The run after registration: directions, concept vectors, clusters, evaluation, report."""
     logger = get_run_logger()
-    rows = [p.row for p in reg.prompts]
-    gradient_rows = [p.row for p in reg.prompts if p.gradient]
     runner = task_runner(settings)
     extraction = extract_directions.with_options(task_runner=runner)(
-        settings, reg.store_uri, reg.store_uuid, reg.fingerprint, rows, gradient_rows
+        settings, reg.store_uri, reg.store_uuid, reg.fingerprint, [asdict(p) for p in reg.prompts]
     )
     concepts = concept_vectors(reg.store_uri, reg.store_uuid)
     if "skipped" in concepts:

@@ -51,7 +51,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from refusal_atlas.tasks.model.chat import ChatTemplateError
     from refusal_atlas.tasks.model.hooks import LayerIndexError
     from refusal_atlas.tasks.model.loading import ModelLoadError
-    from refusal_atlas.tasks.prompts.readers import PromptFileError
+    from refusal_atlas.tasks.prompts.raw import PromptFileError
 
     return (ModelLoadError, LayerIndexError, ChatTemplateError, PromptFileError, ValidationError)
 

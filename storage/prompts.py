@@ -8,13 +8,13 @@ UUID, and extended by reading only the rows appended since (rows are only ever a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from refusal_atlas.storage.identity import text_sha256 as sha256_of
 from refusal_atlas.storage.layout import LABELS, PER_PROMPT
 from refusal_atlas.storage.rowio import contiguous_runs, run_sync, write_runs
 
@@ -39,7 +39,7 @@ class PromptRecord:
 
     @property
     def text_sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+        return sha256_of(self.text)
 
 
 def as_record(item) -> PromptRecord:

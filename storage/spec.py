@@ -117,8 +117,9 @@ class StoreSpec:
         )
 
 
-def package_versions() -> dict[str, str]:
-    """Versions recorded in every store: zarr, numpy, python, and refusal-atlas if installed."""
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions recorded in every store: zarr, numpy, python and refusal-atlas, plus the
+    distributions named in ``extra`` ("not installed" for one that is not)."""
     from importlib import metadata
 
     import numpy
@@ -126,10 +127,11 @@ def package_versions() -> dict[str, str]:
 
     versions = {"zarr": zarr.__version__, "numpy": numpy.__version__}
     versions["python"] = platform.python_version()
-    try:
-        versions["refusal-atlas"] = metadata.version("refusal-atlas")
-    except metadata.PackageNotFoundError:
-        pass
+    for name in ("refusal-atlas", *extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
     return versions
 
 

@@ -91,7 +91,10 @@ def command_env(home: Path, api_url: str | None, **extra: str) -> dict[str, str]
     settings stay in the test's directory) and the API it must use."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+                "PYTHONUNBUFFERED": "1"})
+    # The package must be found as installed, never through the checkout on PYTHONPATH: that is
+    # how a user's worker processes find it.
+    env.pop("PYTHONPATH", None)
     if api_url:
         env["PREFECT_API_URL"] = api_url
     env.update(extra)

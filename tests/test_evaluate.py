@@ -7,7 +7,7 @@ while a random direction is nearly orthogonal to u in both.
 import numpy as np
 import pytest
 
-from refusal_atlas.tasks.engine.directions import concept_vectors
+from refusal_atlas.tasks.engine.concepts import concept_vectors
 from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
 from refusal_atlas.tasks.evaluation.evaluate import EvaluationError, build_candidates, evaluate_directions

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refusal_atlas.storage import AtlasStore
+from refusal_atlas.storage import STATUS_DONE, AtlasStore
 from refusal_atlas.tasks.prompts.sources import PromptSource
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
 from tests.tiny import save_tiny_model
@@ -129,7 +129,8 @@ def dask_cluster(tmp_path):
     """A real `dask scheduler` and two `dask worker` processes on loopback."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # No PYTHONPATH: workers find refusal_atlas as installed, as a user's workers do.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     bin_dir = Path(sys.executable).parent
     procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--no-dashboard"], env=env, cwd=tmp_path, start_new_session=True,
@@ -158,6 +159,7 @@ def dask_cluster(tmp_path):
                 proc.kill()
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_dask_workers_give_the_thread_runner_directions(prefect_harness, model_dir, tmp_path, dask_cluster):
     from refusal_atlas.flows.atlas import refusal_atlas
@@ -177,6 +179,28 @@ def test_dask_workers_give_the_thread_runner_directions(prefect_harness, model_d
     assert finite.sum() == 12  # 6 harmful prompts at 2 layers
     cos = (left[finite] * right[finite]).sum(-1) / np.linalg.norm(left[finite], axis=-1) / np.linalg.norm(right[finite], axis=-1)
     assert cos.min() >= 0.999
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_cli_run_on_its_own_local_dask_cluster(model_dir, tmp_path):
+    """`refusal-atlas run --dask` starts a LocalCluster whose worker processes import the package
+    as installed. The working directory holds a folder named `storage` (as ~/.prefect holds one):
+    a bare `import storage` in a worker would pick it up as a namespace package and fail."""
+    from tests.robustness_support import command_env
+
+    (tmp_path / "storage").mkdir()
+    harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL[:4], "harmful")
+    harmless = _prompts_file(tmp_path / "harmless.jsonl", HARMLESS[:2], "harmless")
+    command = [str(Path(sys.executable).parent / "refusal-atlas"), "run", "--dask", "--dask-workers", "1",
+               "--threads", "4", "--model", str(model_dir), "--layers", "1", "--steps", "1", "--no-evaluate",
+               "--cluster-min-cluster-size", "2", "--cluster-pca-dim", "none", "--cluster-bootstraps", "0",
+               "--store", str(tmp_path / "dask.zarr"), "--prompts", str(harmful), str(harmless)]
+    result = subprocess.run(command, cwd=tmp_path, env=command_env(tmp_path / "prefect-home", None),
+                            capture_output=True, text=True, timeout=540)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    store = AtlasStore.open(str(tmp_path / "dask.zarr"))
+    assert int((store.status() == STATUS_DONE).sum()) == 6
 
 
 def _artifacts(flow_run_id):

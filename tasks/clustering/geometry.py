@@ -15,6 +15,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from refusal_atlas.tasks.rows import normalise_rows
+
 
 class ClusteringError(ValueError):
     """The directions cannot be clustered as asked; the message names the fix."""
@@ -73,13 +75,6 @@ def select_layer(
             f"layer {layer} is not stored (stored layers: {layers.tolist()}); choose one of them or 'best'."
         )
     return direction[:, int(matches[0]), :], np.full(n, layer, dtype=np.int64)
-
-
-def normalise_rows(x):
-    """Rows divided by their norms (zero rows stay zero). Works on numpy and Dask arrays."""
-    lib = da if isinstance(x, da.Array) else np
-    norms = lib.sqrt((x * x).sum(axis=-1, keepdims=True))
-    return x / lib.where(norms == 0, 1, norms)
 
 
 def unit_rows(directions: da.Array | np.ndarray) -> tuple[da.Array, np.ndarray]:

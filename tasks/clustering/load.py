@@ -14,7 +14,8 @@ import dataclasses
 import dask.array as da
 import numpy as np
 
-from refusal_atlas.tasks.clustering.spaces import SPACES, ClusterComparison, SpaceClustering, fit_hdbscan, space_clustering
+from refusal_atlas.tasks.clustering.hdbscan_fit import fit_hdbscan
+from refusal_atlas.tasks.clustering.spaces import SPACES, ClusterComparison, SpaceClustering, space_clustering
 from refusal_atlas.tasks.clustering.geometry import Projection, unit_rows
 from refusal_atlas.tasks.clustering.metrics import CategoryAgreement, ClusterMetrics
 from refusal_atlas.tasks.clustering.store_run import ClusteredRows, StoreClustering

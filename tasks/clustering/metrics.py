@@ -20,7 +20,8 @@ from itertools import combinations
 
 import numpy as np
 
-from refusal_atlas.tasks.clustering.spaces import SpaceClustering, fit_hdbscan
+from refusal_atlas.tasks.clustering.hdbscan_fit import fit_hdbscan
+from refusal_atlas.tasks.clustering.spaces import SpaceClustering
 from refusal_atlas.tasks.settings import ClusterSettings
 
 #: Share of rows in each stability subsample (drawn without replacement: duplicated rows from

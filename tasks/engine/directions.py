@@ -133,31 +133,3 @@ def best_layer(effect: np.ndarray, layers: list[int]) -> int:
     if not np.isfinite(effect).any():
         return -1
     return int(layers[int(np.nanargmax(effect))])
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norms == 0, 1, norms)
-
-
-def concept_vectors(h0: np.ndarray, is_harmful: np.ndarray, is_harmless: np.ndarray) -> dict[str, np.ndarray]:
-    """Option 2 and the difference in means, from h_0 [N, L, D] of done rows.
-
-    The anchor is the mean harmless h_0 per layer, accumulated in float64. Each prompt's
-    concept direction is normalise(h_prompt - anchor) [N, L, D]; the dataset-level baseline is
-    normalise(mean_harmful - mean_harmless) [L, D] (Arditi et al. 2024).
-    """
-    if not is_harmless.any():
-        raise ValueError(
-            "Option 2 needs harmless prompts for its anchor (their mean h_0), but none are done. "
-            "Add a harmless prompt source, for example the default set."
-        )
-    h = h0.astype(np.float64)
-    anchor = h[is_harmless].mean(axis=0)  # [L, D]
-    out = {
-        "anchor": anchor.astype(np.float32),
-        "direction": unit_rows(h - anchor).astype(np.float32),
-    }
-    if is_harmful.any():
-        out["diff_in_means"] = unit_rows(h[is_harmful].mean(axis=0) - anchor).astype(np.float32)
-    return out

@@ -13,14 +13,11 @@ import csv
 import io
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import fsspec
 from fsspec.utils import infer_compression
 
-# The labels a record may carry; "" means unlabelled.
-LABELS = ("harmful", "harmless", "")
+from refusal_atlas.tasks.prompts.raw import FileContents, PromptFileError, RawRecord, json_type, record_from_fields
 
 # File name suffix -> format. ".json" is read as JSON Lines too, because that is what the
 # shared data sets and most prompt dumps called ".json" are.
@@ -35,36 +32,6 @@ SUFFIX_FORMATS = {
 FORMATS = ("jsonl", "csv", "tsv", "txt")
 
 _JSONL_EXAMPLE = '{"prompt": "Write a haiku about rain.", "label": "harmless"}'
-
-
-class PromptFileError(ValueError):
-    """A prompt source that cannot be used as given: its spec, its file or one of its records.
-
-    The message names the source, the line where there is one, the problem and the fix.
-    """
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """One prompt as a file states it, before ids, defaults and deduplication.
-
-    ``text`` is stripped and non-empty. ``label``, ``category`` and ``source`` are None when the
-    file does not give them (an empty string in the file counts as not given).
-    """
-
-    line: int
-    text: str
-    label: str | None
-    category: str | None
-    source: str | None
-
-
-@dataclass(frozen=True)
-class FileContents:
-    """The records of one file, in file order, and how many blank lines were skipped."""
-
-    records: tuple[RawRecord, ...]
-    blank_lines: int
 
 
 def detect_format(path: str) -> str:
@@ -198,7 +165,7 @@ def _read_jsonl(text: str, path: str) -> FileContents:
             raise PromptFileError(f"{where}: not usable JSON ({type(exc).__name__}: {exc}).") from exc
         if not isinstance(obj, dict):
             raise PromptFileError(
-                f"{where}: is a JSON {_json_type(obj)}, not an object. Each line must hold one "
+                f"{where}: is a JSON {json_type(obj)}, not an object. Each line must hold one "
                 f"object with a \"prompt\" field, e.g. {_JSONL_EXAMPLE}."
             )
         if "prompt" not in obj:
@@ -207,7 +174,7 @@ def _read_jsonl(text: str, path: str) -> FileContents:
                 f"{where}: has no \"prompt\" field (fields present: {fields}). Put the prompt "
                 f"text under \"prompt\"."
             )
-        records.append(_record(where, number, obj))
+        records.append(record_from_fields(where, number, obj))
     return FileContents(tuple(records), blank)
 
 
@@ -245,7 +212,7 @@ def _read_csv(text: str, path: str, delimiter: str) -> FileContents:
         # A short row leaves its last cells empty (spreadsheets drop trailing empty cells), so an
         # absent prompt cell is an empty prompt, reported as such.
         row = row + [""] * (len(header) - len(row))
-        records.append(_record(where, start, dict(zip(header, row))))
+        records.append(record_from_fields(where, start, dict(zip(header, row))))
     return FileContents(tuple(records), blank)
 
 
@@ -260,50 +227,3 @@ def _csv_header(row: list[str], where: str) -> list[str]:
     if repeated:
         raise PromptFileError(f"{where}: the header names the columns {repeated} more than once.")
     return header
-
-
-def _record(where: str, line: int, fields: Mapping[str, object]) -> RawRecord:
-    """Validate one record's fields (a JSON object or a CSV row keyed by the header).
-
-    Fields other than prompt, label, category and source are ignored, so files written by
-    other tools (with ids, scores, ...) load as they are.
-    """
-    prompt, label = fields["prompt"], fields.get("label")
-    if not isinstance(prompt, str):
-        raise PromptFileError(
-            f"{where}: \"prompt\" is a {_json_type(prompt)}, not a string. Write the prompt text "
-            f"as a JSON string."
-        )
-    text = prompt.strip()
-    if not text:
-        raise PromptFileError(
-            f"{where}: the prompt text is empty or only whitespace. Fill it in or delete the record."
-        )
-    label = _optional_str(label, "label", where)
-    if label is not None and label not in LABELS:
-        raise PromptFileError(
-            f"{where}: unknown label {label!r}. Allowed labels: 'harmful', 'harmless', or empty "
-            f"(or null, or no label field) for unlabelled."
-        )
-    return RawRecord(
-        line,
-        text,
-        label,
-        _optional_str(fields.get("category"), "category", where),
-        _optional_str(fields.get("source"), "source", where),
-    )
-
-
-def _optional_str(value: object, field: str, where: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise PromptFileError(
-            f"{where}: \"{field}\" is a {_json_type(value)}; it must be a string or null."
-        )
-    return value.strip() or None
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)

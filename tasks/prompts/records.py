@@ -24,7 +24,8 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from refusal_atlas.tasks.prompts.readers import LABELS, PromptFileError, RawRecord, read_prompt_file
+from refusal_atlas.tasks.prompts.raw import LABELS, PromptFileError, RawRecord
+from refusal_atlas.tasks.prompts.readers import read_prompt_file
 from refusal_atlas.tasks.prompts.sources import (
     DEFAULT_SOURCE,
     PromptSource,
@@ -33,17 +34,9 @@ from refusal_atlas.tasks.prompts.sources import (
     shared_data_dir,
 )
 
-ID_LENGTH = 16
-
-
-def text_sha256(text: str) -> str:
-    """The full hex SHA-256 of the stripped UTF-8 text."""
-    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
-
-
-def prompt_id(text: str) -> str:
-    """A prompt's id: the first 16 hex characters of ``text_sha256(text)``."""
-    return text_sha256(text)[:ID_LENGTH]
+# The hash rule lives in the store's package, the lowest layer, so that registration, the store
+# and the per-prompt task compute a prompt's identity by the same function.
+from refusal_atlas.storage.identity import ID_LENGTH, prompt_id, text_sha256
 
 
 @dataclass(frozen=True)
@@ -80,6 +73,7 @@ class Prompt:
 
     @property
     def sha256(self) -> str:
+        # Texts are stripped at creation, so hashing the stored text is hashing the stripped one.
         return text_sha256(self.text)
 
 

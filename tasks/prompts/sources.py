@@ -15,7 +15,8 @@ from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from refusal_atlas.tasks.prompts.readers import FORMATS, PromptFileError
+from refusal_atlas.tasks.prompts.raw import PromptFileError
+from refusal_atlas.tasks.prompts.readers import FORMATS
 
 # The path that names the package's own prompt set.
 DEFAULT_SOURCE = "default"

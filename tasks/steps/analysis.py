@@ -15,7 +15,7 @@ from refusal_atlas.tasks.clustering.load import load_store_clustering
 from refusal_atlas.tasks.clustering.store_run import cluster_store, store_run_name
 from refusal_atlas.tasks.engine.direction_engine import get_engine
 from refusal_atlas.tasks.evaluation.evaluate import build_candidates, evaluate_directions
-from refusal_atlas.tasks.steps.registration import writable_store
+from refusal_atlas.storage.handles import writable_store
 from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refusal_atlas.tasks.engine.directions import concept_vectors
-from refusal_atlas.tasks.steps.registration import writable_store
+from refusal_atlas.tasks.engine.concepts import concept_vectors
+from refusal_atlas.storage.handles import writable_store
 
 
 def compute_concepts(store_uri: str, store_uuid: str) -> dict:

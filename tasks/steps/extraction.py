@@ -8,13 +8,13 @@ reason, never done, so a rerun retries exactly the rows that are missing.
 from __future__ import annotations
 
 import errno
-import hashlib
 
 import numpy as np
 
 from refusal_atlas.storage import STATUS_DONE
+from refusal_atlas.storage.identity import text_sha256 as sha256_of
 from refusal_atlas.tasks.engine.direction_engine import PromptDirections, get_engine
-from refusal_atlas.tasks.steps.registration import writable_store
+from refusal_atlas.storage.handles import writable_store
 from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings, ModelSettings
 
 
@@ -87,7 +87,7 @@ def extract_row(
     store = writable_store(store_uri, store_uuid)
     stored = store.read_rows([row], ("prompt_id", "text", "status"))
     text = str(stored["text"][0])
-    if stored["prompt_id"][0] != prompt_id or hashlib.sha256(text.encode()).hexdigest() != text_sha256:
+    if stored["prompt_id"][0] != prompt_id or sha256_of(text) != text_sha256:
         raise RowFailed(f"row {row} of {store_uri} does not hold prompt {prompt_id}; the store changed under the run")
     if stored["status"][0] == STATUS_DONE:
         return summary(prompt_id, row, store.read_rows([row], ("f0", "f_point", "effect", "best_layer")), computed=False)

@@ -10,24 +10,32 @@ from __future__ import annotations
 import errno
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS
 
 from refusal_atlas.storage import StoreError
 from refusal_atlas.tasks.steps import analysis
 from refusal_atlas.tasks.steps import concepts
 from refusal_atlas.tasks.steps import extraction
 from refusal_atlas.tasks.steps import registration
+from refusal_atlas.tasks.steps.code_version import CodeVersion
 from refusal_atlas.tasks.model.loading import ModelLoadError
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, EngineSettings, ModelSettings
 
 # A row is determined by the prompt (id and text hash), the model (fingerprint), the method
 # (direction settings) and the store it lives in (its UUID, so a fresh store never reuses stale
-# records), and by this code. Where the row sits, which settings spelt the model's location and
-# how the engine batches do not change it.
-EXTRACT_CACHE = (INPUTS - "row" - "store_uri" - "model" - "engine") + TASK_SOURCE
+# records), and by the code that computes and writes it: the model wing (loading, chat template,
+# hooks), the engine wing, the extraction step and the store. Where the row sits, which
+# settings spelt the model's location and how the engine batches do not change it.
+EXTRACT_CACHE = (INPUTS - "row" - "store_uri" - "model" - "engine") + CodeVersion(packages=(
+    "refusal_atlas.tasks.model", "refusal_atlas.tasks.engine", "refusal_atlas.tasks.steps.extraction",
+    "refusal_atlas.storage",
+))
 # A clustering is determined by the rows clustered (the store's data version, which hashes the
-# store UUID, the method and the done prompt ids) and the clustering parameters.
-CLUSTER_CACHE = (INPUTS - "store_uri") + TASK_SOURCE
+# store UUID, the method and the done prompt ids), the clustering parameters, and the code of the
+# clustering wing, the analysis step and the store.
+CLUSTER_CACHE = (INPUTS - "store_uri") + CodeVersion(packages=(
+    "refusal_atlas.tasks.clustering", "refusal_atlas.tasks.steps.analysis", "refusal_atlas.storage",
+))
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -56,9 +64,13 @@ def _retry_transient(task, task_run, state) -> bool:
 def register_prompts(settings: AtlasSettings) -> dict:
     """Read the prompt sources afresh and append new prompts to the store."""
     from refusal_atlas.tasks.engine.direction_engine import get_engine
+    from refusal_atlas.tasks.prompts.records import load_prompts
 
+    # The prompt files first: a missing file or a malformed line is reported in seconds, before
+    # the model (tens of seconds) is loaded.
+    prompts = load_prompts(settings.prompts)
     engine = get_engine(settings.model, settings.directions, settings.engine)
-    return registration.register(settings, engine).as_dict()
+    return registration.register(settings, engine, prompts).as_dict()
 
 
 @task(

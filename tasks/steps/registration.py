@@ -7,25 +7,25 @@ What comes back is small and JSON-shaped: the flow fans out over it.
 
 from __future__ import annotations
 
-import importlib.metadata
-import threading
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from refusal_atlas.storage import AtlasStore, PromptRecord, StoreSpec
+from refusal_atlas.storage import STATUS_DONE, AtlasStore, StoreSpec
+from refusal_atlas.storage.spec import package_versions
 from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
-from refusal_atlas.tasks.prompts.records import load_prompts
+from refusal_atlas.tasks.prompts.records import PromptSet
 from refusal_atlas.tasks.settings import AtlasSettings
 
-_PACKAGES = ("refusal-atlas", "torch", "transformers", "prefect", "hdbscan", "dask")
+# Versions recorded in the store beside the ones the store records itself (zarr, numpy, python).
+_PACKAGES = ("torch", "transformers", "prefect", "hdbscan", "dask")
 # A plain instruction that every usable chat template renders verbatim.
 _PROBE_TEXT = "Tell me about the sea."
 
 
 @dataclass(frozen=True)
 class PromptTask:
-    """What one per-prompt task needs to know (and is cached on)."""
+    """A work order for one per-prompt task: the prompt's identity as registration computed it
+    (id and text hash, passed forward, never read back), its row, whether it takes gradient
+    steps, and whether the store already held its row as done when the run registered."""
 
     prompt_id: str
     text_sha256: str
@@ -52,16 +52,6 @@ class Registration:
         return cls(**{**data, "prompts": [PromptTask(**p) for p in data["prompts"]]})
 
 
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def store_spec(engine: DirectionEngine, settings: AtlasSettings) -> StoreSpec:
     loaded = engine.loaded
     return StoreSpec(
@@ -73,48 +63,26 @@ def store_spec(engine: DirectionEngine, settings: AtlasSettings) -> StoreSpec:
         layers=tuple(engine.layers),
         position=settings.directions.position,
         method={**settings.directions.method_dict(), "dtype": str(loaded.dtype).removeprefix("torch.")},
-        packages=package_versions(),
+        packages=package_versions(_PACKAGES),
     )
 
 
-_STORES: dict[tuple[str, str], AtlasStore] = {}
-_STORES_LOCK = threading.Lock()
-
-
-def writable_store(uri: str, store_uuid: str) -> AtlasStore:
-    """The process's writable handle on a store, checked to be the store the run registered in."""
-    with _STORES_LOCK:
-        store = _STORES.get((uri, store_uuid))
-        if store is None:
-            store = AtlasStore.open(uri, "r+")
-            if store.store_uuid != store_uuid:
-                raise RuntimeError(
-                    f"the store at {uri} is not the one this run registered its prompts in "
-                    f"(uuid {store.store_uuid}, expected {store_uuid}): it was replaced during the "
-                    "run. Rerun the flow."
-                )
-            _STORES[(uri, store_uuid)] = store
-        return store
-
-
-def register(settings: AtlasSettings, engine: DirectionEngine) -> Registration:
-    """Read every prompt source, append the new prompts to the store, and list the work.
+def register(settings: AtlasSettings, engine: DirectionEngine, prompts: PromptSet) -> Registration:
+    """Append the new prompts (read by ``load_prompts`` before the model was loaded, so a bad
+    prompt file is reported in seconds) to the store, and list the work.
 
     Everything that would fail for every prompt is checked before the store is touched: the
     prompt files, and whether the chat template can give the position asked for (a template that
     rewrites the user's text has no 'instruction_end'), so such a run writes nothing.
     """
-    prompts = load_prompts(settings.prompts)
     engine.render(_PROBE_TEXT)  # raises ChatTemplateError, naming the position to use instead
     store = AtlasStore.create_or_open(settings.store, store_spec(engine, settings))
     before = store.n_rows
-    rows = store.register_prompts(
-        PromptRecord(p.id, p.text, p.label, p.category or "", p.source) for p in prompts
-    )
+    rows = store.register_prompts(prompts)
     status = store.status()
     gradient_labels = set(settings.directions.gradient_labels)
     tasks = [
-        PromptTask(p.id, p.sha256, rows[p.id], p.label in gradient_labels, bool(status[rows[p.id]] == 1))
+        PromptTask(p.id, p.sha256, rows[p.id], p.label in gradient_labels, bool(status[rows[p.id]] == STATUS_DONE))
         for p in prompts
     ]
     return Registration(
@@ -126,9 +94,3 @@ def register(settings: AtlasSettings, engine: DirectionEngine) -> Registration:
         new=store.n_rows - before,
         read_summary=prompts.report.summary(),
     )
-
-
-def done_summary(store: AtlasStore, rows: np.ndarray) -> dict:
-    """Counts of done, failed and pending rows among `rows`."""
-    status = store.status()[rows]
-    return {"done": int((status == 1).sum()), "failed": int((status == 2).sum()), "pending": int((status == 0).sum())}
