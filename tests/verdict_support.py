@@ -58,3 +58,58 @@ def case(name: str, with_stability: bool = True) -> Case:
     null = null_model(rows, SETTINGS, observed=observed)
     stability = bootstrap_stability(rows, observed.labels, SETTINGS) if with_stability else None
     return Case(rows, observed, null, stability)
+
+
+# -- a toy held-out evaluation ---------------------------------------------------------------
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@lru_cache(maxsize=None)
+def toy_evidence(name: str, n_subsets: int = 20):
+    """Held-out evidence for a planted case, built the way the evaluation builds it, under a
+    linear response model: the effect of pushing prompt i along a unit direction c is
+    r_i . c + noise, where r_i is the prompt's own (planted) refusal direction. That is the first-
+    order change of f, whose gradient at h_0 is the prompt's direction.
+
+    Held-out prompts are new draws around the same planted directions, assigned to the
+    discovery clusters without refitting (approximate_predict). Returns (evidence per cluster,
+    the common direction's effect per measure), the verdict's inputs besides the null model
+    and the stability.
+    """
+    from tasks.cluster import approximate_predict
+    from tasks.evaluation.intervals import bootstrap_difference, bootstrap_mean, share_beaten
+    from tasks.evaluation.verdict import ClusterEvidence, MeasureEvidence
+
+    found = case(name)
+    held_out = {"three": lambda: three_directions(seed=1)[0], "one": lambda: one_direction(seed=1)[0]}[name]()
+    labels = approximate_predict(found.observed, held_out)[0]
+    discovery = _unit(found.rows.astype(np.float64))
+    common = _unit(discovery.mean(axis=0))
+    directions = found.observed.directions  # [K, DIM]
+    rng = np.random.default_rng(11)
+    responses = {  # measure -> effect of every candidate on every held-out prompt, [n, K + 1]
+        measure: _unit(held_out) @ np.vstack([directions, common]).T + 0.05 * rng.standard_normal((len(held_out), len(directions) + 1))
+        for measure in ("induce", "bypass")
+    }
+    clustered = np.flatnonzero(found.observed.labels >= 0)
+    evidence = []
+    for k, size in enumerate(found.observed.sizes):
+        own = labels == k
+        subsets = _unit(np.stack([discovery[rng.choice(clustered, size, replace=False)].mean(axis=0)
+                                  for _ in range(n_subsets)]))  # [n_subsets, DIM]
+        measures = []
+        for measure, effect in responses.items():
+            subset_effects = (_unit(held_out[own]) @ subsets.T).mean(axis=0) if own.any() else np.zeros(n_subsets)
+            mine = float(effect[own, k].mean()) if own.any() else float("nan")
+            measures.append(MeasureEvidence(
+                measure, bootstrap_difference(effect[own, k], effect[own, -1], paired=True, seed=k),
+                share_beaten(mine, subset_effects), n_subsets))
+        others = [j for j in range(len(directions)) if j != k]
+        own_effect = responses["induce"][own]
+        index = own_effect[:, k] - own_effect[:, others].mean(axis=1) if others and own.any() else np.zeros(0)
+        evidence.append(ClusterEvidence(k, bootstrap_mean(index, seed=k), tuple(measures)))
+    common_effect = {measure: bootstrap_mean(effect[:, -1]) for measure, effect in responses.items()}
+    return tuple(evidence), common_effect
