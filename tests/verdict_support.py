@@ -91,7 +91,8 @@ def toy_evidence(name: str, n_subsets: int = 20):
     directions = found.observed.directions  # [K, DIM]
     rng = np.random.default_rng(11)
     responses = {  # measure -> effect of every candidate on every held-out prompt, [n, K + 1]
-        measure: _unit(held_out) @ np.vstack([directions, common]).T + 0.05 * rng.standard_normal((len(held_out), len(directions) + 1))
+        measure: _unit(held_out) @ np.vstack([directions, common]).T
+        + 0.05 * rng.standard_normal((len(held_out), len(directions) + 1))
         for measure in ("induce", "bypass")
     }
     clustered = np.flatnonzero(found.observed.labels >= 0)

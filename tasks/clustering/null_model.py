@@ -67,14 +67,22 @@ def cluster_rows(directions: np.ndarray, settings: ClusterSettings, space: Space
     Every row must be finite and non-zero (pass the rows that were clustered, i.e.
     `ClusterComparison.rows`), so that labels line up with the input rows.
     """
-    unit, keep = unit_rows(np.asarray(directions))
-    if keep.size != directions.shape[0]:
-        raise ClusteringError(
-            f"{directions.shape[0] - keep.size} rows are not finite or are zero; pass only the rows "
-            "that were clustered (ClusterComparison.rows)."
-        )
+    _check_rows(directions)
+    unit = unit_rows(np.asarray(directions))[0]
     common = common_direction(unit)[0] if space == "residual" else None
     return cluster_space(unit, space, settings, common=common)
+
+
+def _check_rows(directions: np.ndarray) -> None:
+    """Raise unless every row [n, D] is finite and non-zero (so that no row is dropped and the
+    labels line up with the input rows)."""
+    norms = np.linalg.norm(np.asarray(directions, dtype=np.float64), axis=1)
+    bad = int(np.sum(~np.isfinite(norms) | (norms == 0)))
+    if bad:
+        raise ClusteringError(
+            f"{bad} rows are not finite or are zero; pass only the rows that were clustered "
+            "(ClusterComparison.rows)."
+        )
 
 
 def persistence(result: SpaceClustering) -> np.ndarray:
@@ -206,6 +214,7 @@ def null_model(
     space = settings.space if space is None else space
     seed = settings.seed if seed is None else seed
     x = np.asarray(directions, dtype=np.float64)
+    _check_rows(x)
     if observed is None or observed.clusterer is None:
         # A clustering read back from the store has no fitted HDBSCAN, hence no persistence.
         observed = cluster_rows(x, settings, space)
