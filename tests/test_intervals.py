@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.evaluation.intervals import (
+from refusal_atlas.tasks.evaluation.intervals import (
     Estimate,
     bootstrap_difference,
     bootstrap_mean,

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from tasks.cluster_geometry import ClusteringError
-from tasks.clustering.h0_control import h0_control
-from tasks.clustering.null_model import STABLE_JACCARD, cluster_rows, fit_surrogate, null_model
-from tasks.clustering.stability import best_jaccard
+from refusal_atlas.tasks.clustering.geometry import ClusteringError
+from refusal_atlas.tasks.clustering.h0_control import h0_control
+from refusal_atlas.tasks.clustering.null_model import STABLE_JACCARD, cluster_rows, fit_surrogate, null_model
+from refusal_atlas.tasks.clustering.stability import best_jaccard
 from tests.test_cluster_support import planted
 from tests.verdict_support import SETTINGS, case, three_directions
 

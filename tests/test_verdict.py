@@ -4,10 +4,10 @@ noise -> "one shared direction"), and each rule on hand-made inputs."""
 import numpy as np
 import pytest
 
-from tasks.clustering.null_model import NullModelResult
-from tasks.clustering.stability import ClusterStability
-from tasks.evaluation.intervals import Estimate
-from tasks.evaluation.verdict import BY_CONSTRUCTION, ClusterEvidence, MeasureEvidence, decide
+from refusal_atlas.tasks.clustering.null_model import NullModelResult
+from refusal_atlas.tasks.clustering.stability import ClusterStability
+from refusal_atlas.tasks.evaluation.intervals import Estimate
+from refusal_atlas.tasks.evaluation.verdict import BY_CONSTRUCTION, ClusterEvidence, MeasureEvidence, decide
 from tests.verdict_support import case, toy_evidence
 
 GOOD = Estimate(0.3, 0.2, 0.4, 40)

@@ -12,10 +12,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from tasks.cluster import SpaceClustering
-from tasks.clustering.null_model import NullModelResult, cluster_rows, null_model
-from tasks.clustering.stability import ClusterStability, bootstrap_stability
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.clustering.spaces import SpaceClustering
+from refusal_atlas.tasks.clustering.null_model import NullModelResult, cluster_rows, null_model
+from refusal_atlas.tasks.clustering.stability import ClusterStability, bootstrap_stability
+from refusal_atlas.tasks.settings import ClusterSettings
 from tests.test_cluster_support import planted
 
 SETTINGS = ClusterSettings(bootstraps=0)  # the defaults: residual space, PCA 32, min_cluster_size 5
@@ -79,9 +79,9 @@ def toy_evidence(name: str, n_subsets: int = 20):
     the common direction's effect per measure), the verdict's inputs besides the null model
     and the stability.
     """
-    from tasks.cluster import approximate_predict
-    from tasks.evaluation.intervals import bootstrap_difference, bootstrap_mean, share_beaten
-    from tasks.evaluation.verdict import ClusterEvidence, MeasureEvidence
+    from refusal_atlas.tasks.clustering.spaces import approximate_predict
+    from refusal_atlas.tasks.evaluation.intervals import bootstrap_difference, bootstrap_mean, share_beaten
+    from refusal_atlas.tasks.evaluation.verdict import ClusterEvidence, MeasureEvidence
 
     found = case(name)
     held_out = {"three": lambda: three_directions(seed=1)[0], "one": lambda: one_direction(seed=1)[0]}[name]()

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from tasks.cluster import Space
-from tasks.clustering.null_model import cluster_rows
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.clustering.spaces import Space
+from refusal_atlas.tasks.clustering.null_model import cluster_rows
+from refusal_atlas.tasks.settings import ClusterSettings
 
 
 @dataclass(frozen=True)

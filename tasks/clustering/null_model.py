@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from tasks.cluster import Space, SpaceClustering, cluster_space
-from tasks.cluster_geometry import ClusteringError, common_direction, unit_rows
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.clustering.spaces import Space, SpaceClustering, cluster_space
+from refusal_atlas.tasks.clustering.geometry import ClusteringError, common_direction, unit_rows
+from refusal_atlas.tasks.settings import ClusterSettings
 
 #: Principal axes kept exactly in the surrogates' covariance; the rest becomes diagonal noise.
 #: Twice the default PCA dimension (32), so every axis the clustering can see is exact.

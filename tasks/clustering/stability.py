@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.cluster import Space
-from tasks.clustering.null_model import N_DRAWS, STABLE_JACCARD, cluster_rows
-from tasks.settings import ClusterSettings
+from refusal_atlas.tasks.clustering.spaces import Space
+from refusal_atlas.tasks.clustering.null_model import N_DRAWS, STABLE_JACCARD, cluster_rows
+from refusal_atlas.tasks.settings import ClusterSettings
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
-from tasks.evaluation.intervals import Estimate
+from refusal_atlas.tasks.evaluation.intervals import Estimate
 
 if TYPE_CHECKING:  # only for annotations: the verdict needs no clustering code at run time
-    from tasks.clustering.null_model import NullModelResult
-    from tasks.clustering.stability import ClusterStability
+    from refusal_atlas.tasks.clustering.null_model import NullModelResult
+    from refusal_atlas.tasks.clustering.stability import ClusterStability
 
 Kind = Literal["several", "one shared direction", "inconclusive", "none"]
 #: Level of the beyond-null test.
