@@ -5,8 +5,8 @@ For every candidate direction c (unit, at a layer L):
 - induce: add alpha * s_L * c to layer L's output at every position on harmless prompts, where
   s_L is the mean ||h_0|| of those prompts at L (`EvalSettings.alpha`); report the change in f,
   in the refusal log-odds, and the share of greedy replies judged refusals (substring and strict);
-- bypass: project c out of the embeddings and every layer's output on harmful prompts (Arditi's
-  directional ablation); the same measures;
+- bypass: project c out of the embeddings, every block's input and output and every attention
+  and MLP output on harmful prompts (Arditi's directional ablation); the same measures;
 - side effects: KL(base || ablated) of the first reply token's distribution on harmless prompts;
 - specificity: the mean change in f when cluster k's direction is added (as in induce) on
   cluster j's member prompts, a [K, K] matrix, plus rows for the baseline and the mean random

@@ -12,6 +12,7 @@ from tasks.hooks import (
     decoder_layers,
     edit_residual,
     resolve_layers,
+    residual_writers,
 )
 from tests.conftest import PROMPTS
 from tests.tiny import CHATML, tiny_model, tiny_tokenizer
@@ -59,8 +60,14 @@ def test_hooks_are_removed_after_an_exception():
     assert all(not layer._forward_hooks for layer in layers)
     with ablate_direction(model, torch.ones(32)):
         pass
-    assert all(not layer._forward_hooks for layer in layers)
+    assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in layers)
+    assert all(not m._forward_hooks for pair in residual_writers(model) for m in pair)
     assert not model.get_input_embeddings()._forward_hooks
+    with pytest.raises(RuntimeError, match="boom"):
+        with ablate_direction(model, torch.ones(32)):
+            raise RuntimeError("boom")
+    assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in layers)
+    assert all(not m._forward_hooks for pair in residual_writers(model) for m in pair)
 
 
 def test_add_and_ablate_change_the_stream_as_defined():
@@ -86,3 +93,54 @@ def test_resolve_layers():
         resolve_layers([30], 30)
     with pytest.raises(LayerIndexError, match="same layer twice"):
         resolve_layers([29, -1], 30)
+
+
+def _along(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """|h . c| / ||h|| [...] for hidden [..., D]: the share of each state along the unit c."""
+    return (hidden @ unit).abs() / hidden.norm(dim=-1).clamp(min=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_ablation_leaves_no_component_in_the_residual_stream_or_what_blocks_write(arch):
+    model = tiny_model(arch, layers=4)
+    ids, mask, positions = _batch(tiny_tokenizer(), PROMPTS[:3])
+    unit = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(1)), dim=0)
+    writes: list[torch.Tensor] = []
+
+    def record(_module, _inputs, output):
+        writes.append(output[0] if isinstance(output, tuple) else output)
+
+    def run():
+        """hidden_states (block inputs [B, T, D] each), the last block's output, and the
+        attention and MLP outputs, recorded by hooks registered after any ablation's."""
+        writes.clear()
+        handles = [m.register_forward_hook(record) for pair in residual_writers(model) for m in pair]
+        try:
+            with capture_residual(model, [3], torch.full((ids.shape[0],), ids.shape[1] - 1)) as last:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        # hidden_states[-1] has the final norm applied, which reintroduces the direction, so the
+        # stream's last state is read as the last block's output instead.
+        return list(out.hidden_states[:-1]), last[3], list(writes)
+
+    states, _, base_writes = run()
+    # Without ablation the direction is there to remove (otherwise the test shows nothing).
+    assert max(float(_along(w, unit).max()) for w in base_writes) > 1e-2
+    with ablate_direction(model, unit * 3.0):
+        states, last, ablated_writes = run()
+    assert len(states) == 4 and len(ablated_writes) == 8
+    for hidden in [*states, last, *ablated_writes]:
+        assert float(_along(hidden, unit).max()) < 1e-4
+
+
+def test_ablation_names_an_architecture_it_cannot_handle():
+    model = tiny_model("llama", layers=2)
+    for block in decoder_layers(model):
+        block.mlp_renamed = block.mlp
+        del block.mlp
+    with pytest.raises(TypeError, match="attention/MLP submodule pairs"):
+        with ablate_direction(model, torch.ones(32)):
+            pass
+    assert all(not layer._forward_pre_hooks for layer in decoder_layers(model))
