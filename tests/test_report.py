@@ -105,7 +105,7 @@ def test_findings_state_counts_and_comparisons(inputs):
     joined = " ".join(text)
     assert "Against dataset categories" in joined
     k = inputs.comparison.result.n_clusters
-    assert f"{k} of {k} cluster directions beat every random control" in joined
+    assert f"{k} of {k} cluster directions beat every random control at their layer" in joined
     assert "difference-in-means 1.500" in joined and "highest random control 25.0% / 12.5%" in joined
     assert "refused none of 8 harmful prompts" in joined
     # The test matrix grows along rows, so each cluster's prompts respond most to the last cluster.
@@ -117,3 +117,24 @@ def test_findings_say_when_everything_is_noise(inputs):
     text = findings(dataclasses.replace(inputs, metrics=noisy, evaluation=None))
     assert text[0] == ("raw directions: 0 clusters, all 600 points noise; "
                        "residual (common direction removed): 0 clusters, all 600 points noise.")
+
+
+def test_each_cluster_is_compared_with_the_controls_at_its_own_layer(inputs):
+    def at(layer, name, kind, induce, bypass, cluster=None):
+        return dataclasses.replace(_effect(name, kind, induce, bypass, cluster), layer=layer)
+
+    # Cluster 0 (layer 3) loses to both controls at layer 3 and would beat those at layer 5;
+    # cluster 1 (layer 5) beats both controls at layer 5. Pairing every cluster with the first
+    # layer's baseline would say 0 of 2 beat it on induce; the right answer is 1 of 2.
+    effects = [at(3, "cluster 0", "cluster", 2.0, -1.0, 0), at(5, "cluster 1", "cluster", 1.0, -1.0, 1),
+               at(3, "diff-in-means @L3", "baseline", 10.0, -2.0), at(5, "diff-in-means @L5", "baseline", 0.5, -0.5),
+               at(3, "random 0 @L3", "random", 3.0, 0.0), at(5, "random 0 @L5", "random", 0.1, 0.0)]
+    evaluation = dataclasses.replace(inputs.evaluation, effects=effects, specificity=None, scales={3: 1.0, 5: 2.0})
+    joined = " ".join(findings(dataclasses.replace(inputs, evaluation=evaluation)))
+    induce, bypass = (next(s for s in joined.split(". ") if s.startswith(w)) for w in ("Induce", "Bypass"))
+    assert "difference-in-means at L3 10.000, at L5 0.500" in induce
+    assert "1 of 2 beat the baseline at their layer" in induce
+    assert "1 of 2 cluster directions beat every random control at their layer" in induce
+    # Bypass lowers f: cluster 1 (-1.0) beats the layer-5 baseline (-0.5); cluster 0 does not beat L3's (-2.0).
+    assert "1 of 2 beat the baseline at their layer" in bypass
+    assert "2 of 2 cluster directions beat every random control at their layer" in bypass

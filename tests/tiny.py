@@ -56,7 +56,7 @@ def tiny_tokenizer():
 
 def tiny_config(arch: str = "llama", layers: int = 4, hidden: int = 32, vocab: int | None = None):
     """A config for a random model with `layers` decoder layers of width `hidden`."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
     vocab = vocab or len(tiny_tokenizer())
     if arch == "llama":
@@ -75,6 +75,12 @@ def tiny_config(arch: str = "llama", layers: int = 4, hidden: int = 32, vocab: i
         return GPT2Config(
             vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=256,
             bos_token_id=1, eos_token_id=2,
+        )
+    if arch == "gemma2":
+        return Gemma2Config(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+            max_position_embeddings=256,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}")
 

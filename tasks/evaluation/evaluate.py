@@ -5,9 +5,11 @@ For every candidate direction c (unit, at a layer L):
 - induce: add alpha * s_L * c to layer L's output at every position on harmless prompts, where
   s_L is the mean ||h_0|| of those prompts at L (`EvalSettings.alpha`); report the change in f,
   in the refusal log-odds, and the share of greedy replies judged refusals (substring and strict);
-- bypass: project c out of the embeddings and every layer's output on harmful prompts (Arditi's
-  directional ablation); the same measures;
-- side effects: KL(base || ablated) of the first reply token's distribution on harmless prompts;
+- bypass: project c out of the embeddings, every block's input and output and every attention
+  and MLP output on harmful prompts (Arditi's directional ablation); the same measures;
+- side effects: KL(base || ablated) of the next-token distribution, averaged over the first
+  `kl_tokens` positions of the unmodified model's greedy replies to harmless prompts,
+  teacher-forced (one value per prompt, so the mean can carry an interval);
 - specificity: the mean change in f when cluster k's direction is added (as in induce) on
   cluster j's member prompts, a [K, K] matrix, plus rows for the baseline and the mean random
   control.
@@ -24,12 +26,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import torch
 
-from refusal_atlas.tasks.evaluation.measures import Judged, kl_divergence, judged, mean_and_sem, score
+from refusal_atlas.tasks.evaluation.measures import Judged, MeasureRun, mean_and_sem
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
-from refusal_atlas.tasks.model.generation import first_token_log_probs
-from refusal_atlas.tasks.model.hooks import ablate_direction, add_to_residual
 from refusal_atlas.tasks.evaluation.judge import JudgeSummary
 
 Kind = Literal["cluster", "baseline", "random"]
@@ -54,7 +53,9 @@ class Candidate:
 class DirectionEffect:
     """One candidate's numbers. d*: mean change against the unmodified model (with its standard
     error for f); *_substring / *_strict: refusal shares of the greedy replies under the
-    intervention (NaN without generation); kinds: the strict judge's counts."""
+    intervention (NaN without generation); kinds: the strict judge's counts; kl_ablate and
+    kl_ablate_max: the mean and largest of kl_ablate_prompts, the per-prompt mean KL over the
+    base model's first reply tokens (in the order of the sampled harmless prompts)."""
 
     name: str
     kind: Kind
@@ -77,6 +78,7 @@ class DirectionEffect:
     kl_ablate_max: float
     induce_examples: list[str]
     bypass_examples: list[str]
+    kl_ablate_prompts: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ def evaluate_directions(
         raise EvaluationError("no harmful prompts: bypass needs them. Add a harmful source.")
     if not candidates:
         raise EvaluationError("no directions to evaluate: the clustering found no clusters and no baseline was given.")
-    run = _Run(engine, s)
+    run = MeasureRun(engine, s)
     harmless_r = [engine.render(t) for t in sample(harmless, s.n_harmless, s.seed)]
     harmful_r = [engine.render(t) for t in sample(harmful, s.n_harmful, s.seed)]
     with engine.loaded.lock:
@@ -198,14 +200,14 @@ def evaluate_directions(
         scales = {layer: float(s.alpha * base_less[layer].h_norm.mean()) for layer in layers}
         base_ful = run.score(harmful_r, layers[0])
         gen_less, gen_ful = run.judge(harmless_r[: s.n_generate]), run.judge(harmful_r[: s.n_generate])
-        base_first = run.first_tokens(harmless_r)
+        forced = run.forced(harmless_r)
         effects = []
         for c in candidates:
             add = run.adder(c, scales[c.layer])
             ablate = run.ablator(c)
             ind = run.score(harmless_r, c.layer, add)
             byp = run.score(harmful_r, layers[0], ablate)
-            kl = kl_divergence(base_first, run.first_tokens(harmless_r, ablate))
+            kl = run.kl(forced, ablate)
             effects.append(_effect(c, scales[c.layer], s, base_less[c.layer], ind, base_ful, byp, kl,
                                    run.judge(harmless_r[: s.n_generate], add),
                                    run.judge(harmful_r[: s.n_generate], ablate)))
@@ -218,39 +220,6 @@ def evaluate_directions(
         harmless_examples=_examples(gen_less, s), harmful_examples=_examples(gen_ful, s),
     )
     return EvaluationResult(s, base, effects, specificity, scales)
-
-
-class _Run:
-    """The engine's model, target and settings bound once, so each measure is one call."""
-
-    def __init__(self, engine, settings: EvalSettings):
-        self.model = engine.loaded.model
-        self.tokenizer = engine.loaded.tokenizer
-        self.render, self.target, self.pad_id, self.s = engine.render, engine.target, engine.pad_id, settings
-        param = next(self.model.parameters())
-        self.device, self.dtype = param.device, param.dtype
-
-    def tensor(self, vector: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(vector, dtype=self.dtype, device=self.device)
-
-    def adder(self, c: Candidate, scale: float):
-        vector = self.tensor(c.vector * scale)
-        return lambda: add_to_residual(self.model, c.layer, vector)
-
-    def ablator(self, c: Candidate):
-        vector = self.tensor(c.vector)
-        return lambda: ablate_direction(self.model, vector)
-
-    def score(self, rendered, layer: int, intervention=None):
-        return score(self.model, rendered, self.target, self.pad_id, layer, self.s.batch_size, intervention)
-
-    def first_tokens(self, rendered, intervention=None) -> torch.Tensor:
-        return first_token_log_probs(self.model, [r.input_ids for r in rendered], self.pad_id,
-                                     self.s.batch_size, intervention)
-
-    def judge(self, rendered, intervention=None) -> Judged | None:
-        return judged(self.model, self.tokenizer, rendered, self.pad_id, self.s.max_new_tokens,
-                      self.s.batch_size, self.s.substring_list, intervention)
 
 
 def _rates(j: Judged | None) -> tuple[float, float, dict]:
@@ -279,10 +248,11 @@ def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_fu
         bypass_substring=b_sub, bypass_strict=b_strict, bypass_kinds=b_kinds,
         kl_ablate=float(kl.mean()), kl_ablate_max=float(kl.max()),
         induce_examples=_examples(gen_ind, s), bypass_examples=_examples(gen_byp, s),
+        kl_ablate_prompts=tuple(float(v) for v in kl),
     )
 
 
-def _specificity(run: _Run, candidates: Sequence[Candidate], members: Sequence[Sequence[str]],
+def _specificity(run: MeasureRun, candidates: Sequence[Candidate], members: Sequence[Sequence[str]],
                  scales: Mapping[int, float]) -> Specificity:
     """Rows: each cluster direction, each baseline, and the mean over random controls (per
     layer when there are several); columns: the clusters' member prompts."""

@@ -37,6 +37,15 @@ class EvalSettings(BaseModel):
         ge=0,
         description="Of those, how many are also answered by greedy generation per direction (0: none).",
     )
+    kl_tokens: int = Field(
+        8,
+        ge=1,
+        le=128,
+        description=(
+            "Side effects: KL(base || ablated) is averaged over this many first tokens of the "
+            "unmodified model's greedy replies to the harmless prompts, teacher-forced."
+        ),
+    )
     max_new_tokens: int = Field(24, ge=1, le=512, description="Tokens generated per reply.")
     batch_size: int = Field(16, ge=1, le=512, description="Prompts per forward pass.")
     n_specificity: int = Field(

@@ -1,4 +1,5 @@
-"""Greedy batched generation and first-reply-token distributions, with an optional intervention.
+"""Greedy batched generation, first-reply-token distributions and teacher-forced reply
+distributions, with an optional intervention.
 
 Prompts are left padded so every row's last prompt token sits at the same column and the next
 token of every row is generated together; position ids follow the attention mask, so padding
@@ -84,14 +85,73 @@ def greedy_generate(
     intervention: Intervention = None,
 ) -> list[str]:
     """Greedy replies (decoded, special tokens dropped) to rendered prompts, in input order."""
+    tokens = greedy_tokens(model, tokenizer, sequences, pad_id, max_new_tokens, batch_size, intervention)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]
+
+
+@torch.no_grad()
+def greedy_tokens(
+    model: torch.nn.Module,
+    tokenizer,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+    intervention: Intervention = None,
+) -> list[list[int]]:
+    """Greedy reply token ids per prompt, in input order, up to (not including) the first stop
+    token: a reply shorter than max_new_tokens ended there."""
     stops = torch.tensor(sorted(stop_ids(tokenizer)), dtype=torch.long)
-    replies: list[str] = []
+    out: list[list[int]] = []
     for start in range(0, len(sequences), batch_size):
-        batch = sequences[start: start + batch_size]
         with intervened(intervention):
-            tokens = _generate_batch(model, batch, pad_id, max_new_tokens, stops)
-        replies.extend(tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens)
-    return replies
+            out.extend(_generate_batch(model, sequences[start: start + batch_size], pad_id, max_new_tokens, stops))
+    return out
+
+
+@torch.no_grad()
+def forced_log_probs(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    replies: Sequence[Sequence[int]],
+    pad_id: int,
+    n_tokens: int,
+    batch_size: int = 16,
+    intervention: Intervention = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token log-probabilities at the first n_tokens (K) reply positions, teacher-forced on
+    the given replies (greedy_tokens' output, generated with max_new_tokens >= K).
+
+    Position k is the distribution over reply token k given the prompt and reply[:k], so one
+    forward pass over prompt + reply[:K-1] gives all K. A reply of r < K tokens ended with a
+    stop token at position r, which is still a position the model chose at; positions after it
+    are masked. Returns log-probs [n, K, V] (float32, or float64 for a float64 model; on the
+    CPU; zeros where masked) and mask [n, K] (bool).
+    """
+    if len(sequences) != len(replies):
+        raise ValueError(f"{len(sequences)} prompts but {len(replies)} replies; give one reply per prompt.")
+    if not sequences or n_tokens < 1:
+        raise ValueError("teacher forcing needs at least one prompt and n_tokens >= 1.")
+    n_valid = [min(n_tokens, len(r) + 1) for r in replies]
+    inputs = [[*seq, *reply[: n_tokens - 1]] for seq, reply in zip(sequences, replies)]
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        ids, mask = left_pad(inputs[start: start + batch_size], pad_id, _device(model))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = min(n_tokens, ids.shape[1])
+        with intervened(intervention):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        # Rows are right-aligned, so row i's reply positions are its last n_valid[i] columns of
+        # the kept logits [B, keep, V]; gather them into reply order [B, K, V].
+        valid = torch.tensor(n_valid[start: start + batch_size], device=ids.device)  # [B]
+        k = torch.arange(n_tokens, device=ids.device)  # [K]
+        column = (keep - valid[:, None] + k[None, :]).clamp(0, keep - 1)  # [B, K]
+        gathered = logits.gather(1, column[..., None].expand(-1, -1, logits.shape[-1]))
+        # At least float32, so half-precision models lose nothing more in the softmax.
+        log_probs = torch.log_softmax(gathered.to(torch.promote_types(gathered.dtype, torch.float32)), dim=-1)
+        out.append(torch.where((k[None, :] < valid[:, None])[..., None], log_probs, 0.0).cpu())
+    mask = torch.arange(n_tokens)[None, :] < torch.tensor(n_valid)[:, None]
+    return torch.cat(out), mask
 
 
 def _generate_batch(model, batch, pad_id: int, max_new_tokens: int, stops: torch.Tensor) -> list[list[int]]:

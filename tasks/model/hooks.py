@@ -1,4 +1,5 @@
-"""Forward hooks on the residual stream at the output of decoder layers.
+"""Forward hooks on the residual stream at the output of decoder layers, and directional
+ablation, which also edits every block's input and its attention and MLP outputs.
 
 Every hook is registered inside a context manager that creates its handle list first,
 registers inside `try` and removes every handle in `finally`, so an exception in the middle of
@@ -131,22 +132,86 @@ def add_to_residual(model: nn.Module, layer: int, vector: torch.Tensor) -> Itera
         yield
 
 
+# The submodules whose outputs each decoder block adds to its residual stream, by family, as
+# (attention, MLP) attribute names. Gemma 2 and 3 normalise each output again before adding it
+# (post_attention_layernorm, post_feedforward_layernorm), so there the norms are the writers; in
+# llama and qwen2 `post_attention_layernorm` is the MLP's input norm instead, which is why the
+# Gemma pair is recognised only when `pre_feedforward_layernorm` also exists.
+_WRITER_NAMES = (
+    ("post_attention_layernorm", "post_feedforward_layernorm"),
+    ("self_attn", "mlp"),
+    ("attn", "mlp"),
+    ("attention", "mlp"),
+)
+
+
+def residual_writers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """Per decoder block, the (attention, MLP) submodules whose outputs are added to the stream."""
+    out = []
+    for index, block in enumerate(decoder_layers(model)):
+        for attn_name, mlp_name in _WRITER_NAMES:
+            if attn_name.startswith("post_") and not hasattr(block, "pre_feedforward_layernorm"):
+                continue
+            attn, mlp = getattr(block, attn_name, None), getattr(block, mlp_name, None)
+            if isinstance(attn, nn.Module) and isinstance(mlp, nn.Module):
+                out.append((attn, mlp))
+                break
+        else:
+            raise TypeError(
+                f"{type(model).__name__}: decoder block {index} ({type(block).__name__}) has none of the "
+                f"attention/MLP submodule pairs {_WRITER_NAMES}, so directional ablation cannot remove the "
+                "direction from what the block writes; this architecture is not supported yet."
+            )
+    return out
+
+
+def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """hidden - (hidden . c) c for hidden [..., D] and a unit c [D], in hidden's dtype."""
+    c = unit.to(device=hidden.device, dtype=hidden.dtype)
+    return hidden - (hidden @ c).unsqueeze(-1) * c
+
+
+def _input_hook(edit: Edit):
+    # Decoder blocks take the hidden states as their first positional argument in llama, qwen2
+    # and gpt2; some call sites pass them by keyword, so both are handled.
+    def hook(_module: nn.Module, args: tuple, kwargs: dict):
+        if args:
+            return (edit(args[0]), *args[1:]), kwargs
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+        raise TypeError("a decoder block was called without hidden states; cannot ablate its input.")
+
+    return hook
+
+
 @contextmanager
 def ablate_direction(model: nn.Module, direction: torch.Tensor) -> Iterator[None]:
-    """Project the unit `direction` [hidden] out of every decoder layer's output: x - (x.c)c."""
+    """Directional ablation (Arditi et al. 2024) of the `direction` [D] (normalised here).
+
+    x - (x.c)c is applied to the embedding output, to every block's input, to every attention
+    and MLP output, and to every block's output. Every term the stream is built from then lacks
+    the direction, so no layer reads it and none writes it back: with only the blocks' inputs
+    and outputs edited, the attention and MLP outputs still added it inside each block.
+    """
     unit = direction / direction.norm()
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:
-        c = unit.to(device=hidden.device, dtype=hidden.dtype)
-        return hidden - (hidden @ c).unsqueeze(-1) * c
+        return project_out(hidden, unit)
 
-    # The embedding output is the residual stream's first state, so it is ablated too: every
-    # decoder layer then reads a stream without the direction, as in Arditi et al. 2024.
+    layers = decoder_layers(model)
+    # Looked up before any hook exists, so an unsupported architecture fails with nothing to undo.
+    writers = residual_writers(model)
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
+        # In llama and qwen2 the embedding output is block 0's input; in gpt2 the position
+        # embeddings are added after it, so block 0's input hook below is what removes them.
         handles.append(model.get_input_embeddings().register_forward_hook(_output_hook(edit)))
-        with edit_residual(model, {i: edit for i in range(len(decoder_layers(model)))}):
-            yield
+        for block, (attn, mlp) in zip(layers, writers):
+            handles.append(block.register_forward_pre_hook(_input_hook(edit), with_kwargs=True))
+            handles.append(attn.register_forward_hook(_output_hook(edit)))
+            handles.append(mlp.register_forward_hook(_output_hook(edit)))
+            handles.append(block.register_forward_hook(_output_hook(edit)))
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -91,6 +91,10 @@ def _space_sentence(space: str, metrics: ClusterMetrics) -> str:
 
 def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
     clusters, baseline, randoms = ev.of_kind("cluster"), ev.of_kind("baseline"), ev.of_kind("random")
+    # Each cluster direction is compared with the controls at its own layer: the baseline and
+    # random directions at another layer act on a different stream with a different scale.
+    base_at = {e.layer: e for e in baseline}
+    randoms_at = {layer: [e for e in randoms if e.layer == layer] for layer in {e.layer for e in randoms}}
     out = [] if clusters else ["No cluster directions to evaluate (no clusters); the baseline and random "
                                "controls were measured alone."]
     for measure, sign, label in (("induce_df", 1, "Induce (mean change in f on harmless prompts)"),
@@ -101,17 +105,20 @@ def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
             best = max(values, key=lambda name: sign * values[name])
             parts.append(f"strongest cluster direction {best} {fmt(values[best])}")
         if baseline:
-            parts.append(f"difference-in-means {fmt(getattr(baseline[0], measure))}")
+            parts.append("difference-in-means " + _per_layer(base_at, lambda e: fmt(getattr(e, measure))))
         if randoms:
             r = np.array([getattr(e, measure) for e in randoms])
             extreme = float(sign * np.max(sign * r))
             parts.append(f"random controls mean {fmt(r.mean())} ({'max' if sign > 0 else 'min'} {fmt(extreme)})")
-            if values:
-                beats = sum(sign * v > sign * extreme for v in values.values())
-                parts.append(f"{beats} of {len(values)} cluster directions beat every random control")
-        if baseline and values:
-            beats_base = sum(sign * v > sign * getattr(baseline[0], measure) for v in values.values())
-            parts.append(f"{beats_base} of {len(values)} beat the baseline")
+            paired = [e for e in clusters if randoms_at.get(e.layer)]
+            if paired:
+                beats = sum(all(sign * getattr(e, measure) > sign * getattr(r, measure) for r in randoms_at[e.layer])
+                            for e in paired)
+                parts.append(f"{beats} of {len(paired)} cluster directions beat every random control at their layer")
+        paired = [e for e in clusters if e.layer in base_at]
+        if paired:
+            beats_base = sum(sign * getattr(e, measure) > sign * getattr(base_at[e.layer], measure) for e in paired)
+            parts.append(f"{beats_base} of {len(paired)} beat the baseline at their layer")
         out.append(f"{label}: " + "; ".join(parts) + ".")
     spec = ev.specificity
     k = len(clusters)
@@ -129,7 +136,8 @@ def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
             top = max(clusters, key=lambda e: e.induce_substring)
             parts.append(f"highest cluster direction ({top.name}) {_shares(top.induce_substring, top.induce_strict)}")
         if baseline:
-            parts.append(f"difference-in-means {_shares(baseline[0].induce_substring, baseline[0].induce_strict)}")
+            parts.append("difference-in-means "
+                         + _per_layer(base_at, lambda e: _shares(e.induce_substring, e.induce_strict)))
         if randoms:
             top = max(randoms, key=lambda e: e.induce_substring)
             parts.append(f"highest random control {_shares(top.induce_substring, top.induce_strict)}")
@@ -139,6 +147,13 @@ def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
         out.append(f"The unmodified model refused none of {b.harmful_judge.n} harmful prompts (substring judge), "
                    "so bypass cannot lower its refusal rate here; only the changes in f and log-odds are informative.")
     return out
+
+
+def _per_layer(at_layer: Mapping[int, object], show) -> str:
+    """One figure, or one per layer ("at L3 x, at L5 y") when candidates sit at several layers."""
+    if len(at_layer) == 1:
+        return show(next(iter(at_layer.values())))
+    return ", ".join(f"at L{layer} {show(e)}" for layer, e in sorted(at_layer.items()))
 
 
 def _shares(substring: float, strict: float) -> str:

@@ -178,10 +178,11 @@ def evaluation_table(evaluation: EvaluationResult) -> Table:
     scales = ", ".join(f"layer {layer}: {fmt(v)}" for layer, v in evaluation.scales.items())
     note = (f"Induce: alpha = {s.alpha} times the mean ||h_0|| of the harmless prompts at the layer ({scales}), "
             f"added at every position on {b.n_harmless} harmless prompts. Bypass: the direction projected out "
-            f"of every layer on {b.n_harmful} harmful prompts. Refusal shares come from greedy replies "
-            f"({b.n_generate} prompts, {s.max_new_tokens} new tokens) under the substring judge "
-            f"({s.substring_list}) and the strict judge. KL: KL(base || ablated) of the first reply token on "
-            "the harmless prompts, in nats. Cluster directions from Option 1 are means of directions that "
+            f"of every block's input and every attention and MLP output on {b.n_harmful} harmful prompts. "
+            f"Refusal shares come from greedy replies ({b.n_generate} prompts, {s.max_new_tokens} new tokens) under the substring judge "
+            f"({s.substring_list}) and the strict judge. KL: mean per-token KL(base || ablated) over the first "
+            f"{s.kl_tokens} tokens of the unmodified model's greedy replies to the harmless prompts, "
+            "teacher-forced, in nats. Cluster directions from Option 1 are means of directions that "
             "climb f, so changes in f favour them by construction; the judged replies are the independent check.")
     return Table("Evaluation against the difference-in-means baseline and random controls", columns, rows, note)
 
