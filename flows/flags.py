@@ -235,8 +235,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, model: type[BaseModel], 
 
 
 def _value(flag: Flag, raw):
-    """The value a flag hands to pydantic: None for the none words of an optional field, and
-    the one mapping that a dict flag's items spell."""
+    """What a flag hands to pydantic: None for an optional field's none words, one dict for items."""
     if flag.optional and isinstance(raw, str) and raw.strip().lower() in NONE_WORDS:
         return None
     if flag.optional and isinstance(raw, list) and not raw:
@@ -257,8 +256,7 @@ def _read_settings_file(path: Path) -> dict:
 
 
 def settings_from_args(model: type[BaseModel], args: argparse.Namespace):
-    """`model` from the --settings file (if any), overridden by the flags given; FlagError if the
-    result is not valid, with pydantic's reasons under the flags' names."""
+    """`model` from the --settings file (if any) and the flags given; FlagError if not valid."""
     given = vars(args)
     data = _read_settings_file(given[SETTINGS_FILE_DEST]) if given.get(SETTINGS_FILE_DEST) else {}
     flags = flags_of(model)
@@ -284,7 +282,8 @@ def explain(err: ValidationError, flags: list[Flag]) -> str:
         loc = tuple(error["loc"])
         cut = next((n for n in range(len(loc), 0, -1) if loc[:n] in by_path), 0)
         flag = by_path.get(loc[:cut])
-        where = flag.option if flag else ".".join(map(str, loc)) or "settings"
+        # A model validator's error (an empty location) is about the settings as a whole.
+        where = flag.option if flag else ".".join(map(str, loc))
         # Below a scalar flag, pydantic's location names only the member of a union it tried
         # ("int", "literal['best']"), so the members' messages are joined with "or" instead.
         if flag is not None and flag.kind not in ("scalar", "bool") and loc[cut:]:
@@ -294,5 +293,6 @@ def explain(err: ValidationError, flags: list[Flag]) -> str:
             messages[where].append(message)
         if loc and isinstance(error.get("input"), str | int | float):
             given.setdefault(where, f" (given {error['input']!r})")
-    reasons = (f"{where}: {' or '.join(texts)}{given.get(where, '')}" for where, texts in messages.items())
+    reasons = (f"{where + ': ' if where else ''}{' or '.join(texts)}{given.get(where, '')}"
+               for where, texts in messages.items())
     return "invalid settings: " + "; ".join(reasons) + "."
