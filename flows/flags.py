@@ -189,7 +189,7 @@ def _arguments(flag: Flag) -> dict:
         elif _string_choices(flag.item):
             # Without a metavar, argparse shows the choices themselves in usage and help.
             arguments = {"nargs": arguments["nargs"], "choices": _string_choices(flag.item)}
-        none_note = " Give the flag alone for none." if flag.optional else ""
+        none_note = " Give 'none' (or the flag alone) for none." if flag.optional else ""
         return {**arguments, "help": _help(flag, form + none_note)}
     if flag.kind == "dict":
         return {"nargs": "+", "type": _dict_item, "metavar": "KEY=VALUE",
@@ -238,7 +238,7 @@ def _value(flag: Flag, raw):
     """What a flag hands to pydantic: None for an optional field's none words, one dict for items."""
     if flag.optional and isinstance(raw, str) and raw.strip().lower() in NONE_WORDS:
         return None
-    if flag.optional and isinstance(raw, list) and not raw:
+    if flag.optional and isinstance(raw, list) and (not raw or raw in (["none"], ["null"])):
         return None
     if flag.kind == "dict":
         return {key: value for item in raw for key, value in item.items()}

@@ -154,6 +154,16 @@ def test_every_flag_parses_a_non_default_value(command, needs, model, path, valu
 
 
 @pytest.mark.parametrize(("command", "needs", "model"), COMMANDS)
+def test_every_optional_field_takes_none(command, needs, model):
+    optional = [f for f in flags_of(model) if f.optional]
+    assert optional or model is OrganismSettings
+    for flag in optional:
+        for word in ("none", "null"):
+            settings = settings_from_args(model, parser().parse_args([command, *needs, flag.option, word]))
+            assert settings == _expected(model, flag.path, None), f"{flag.option} {word}"
+
+
+@pytest.mark.parametrize(("command", "needs", "model"), COMMANDS)
 def test_every_field_has_a_flag_of_the_command(command, needs, model):
     """Fails when a field is added to a settings model and the generator skips it."""
     subparser = build_parser()._subparsers._group_actions[0].choices[command]
