@@ -1,4 +1,4 @@
-"""`refusal-atlas organism`: flags for every OrganismSettings field, and the command itself.
+"""`refusal-atlas organism`: a flag for every OrganismSettings field, and the command itself.
 
 Kept apart from flows.organism so that building the CLI's parser imports only the settings;
 the flow, torch and the training code are imported when the command runs.
@@ -8,31 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import typing
+import sys
 
-from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
+from refusal_atlas.flows.flags import FlagError, add_settings_flags, settings_from_args
+from refusal_atlas.tasks.organism.settings import OrganismSettings
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+HELP = "Fine-tune a refusal model organism with planted refusal types."
+DESCRIPTION = ("Fine-tune a small chat model so that it refuses planted harm categories, each in "
+               "its own style, and save it as a model directory the atlas loads by path.")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags for every OrganismSettings field (unset flags keep the settings' defaults)."""
-    for name, info in OrganismSettings.model_fields.items():
-        # argparse formats help strings with %, so a literal one ("5% warm-up") must be doubled.
-        help_text = (info.description or "").replace("%", "%%")
-        if name == "planted":
-            parser.add_argument(
-                "--plant", dest="planted", action="append", metavar="CATEGORY=STYLE",
-                help=f"{help_text} Repeat for each category; replaces the default three.",
-            )
-            continue
-        kind = info.annotation
-        if typing.get_origin(kind) is list:
-            parser.add_argument(_flag(name), dest=name, nargs="*", metavar="VALUE", help=help_text)
-        else:
-            parser.add_argument(_flag(name), dest=name, type=kind, metavar=name.split("_")[-1].upper(), help=help_text)
+    add_settings_flags(parser, OrganismSettings)
     parser.add_argument(
         "--require-criteria", action="store_true",
         help="Exit with status 1 unless the organism meets every criterion of issue 9.",
@@ -40,23 +28,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> OrganismSettings:
-    given = {k: v for k, v in vars(args).items() if k in OrganismSettings.model_fields and v is not None}
-    if "planted" in given:
-        planted = []
-        for item in given["planted"]:
-            category, equals, style = item.partition("=")
-            if not equals:
-                raise SystemExit(f"--plant {item!r}: write CATEGORY=STYLE, e.g. --plant 'weapons_violence=I cannot help with that.'")
-            planted.append(PlantedCategory(category=category, style=style))
-        given["planted"] = planted
-    return OrganismSettings(**given)
+def organism_settings(args: argparse.Namespace) -> OrganismSettings:
+    """OrganismSettings from the --settings file (if any) and the flags given; FlagError if invalid."""
+    return settings_from_args(OrganismSettings, args)
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        settings = organism_settings(args)
+    except FlagError as err:
+        print(f"refusal-atlas organism: {err}", file=sys.stderr)
+        return 2
+
     from refusal_atlas.flows.organism import organism
 
-    settings = settings_from_args(args)
     result = organism(settings)
     print(json.dumps(result, indent=2))
     met = all(c["met"] for c in result["criteria"].values())

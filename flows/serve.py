@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
+from refusal_atlas.flows.flags import FlagError, add_settings_flags, settings_from_args
 
 DEFAULT_NAME = "refusal-atlas-serve"
-# Flags of this command that are not AtlasSettings fields.
-SCHEDULE_FLAGS = ("cron", "interval", "timezone", "name", "limit")
+HELP = "Serve the flow on a cron or interval schedule (needs a Prefect server)."
+DESCRIPTION = ("Register a deployment of refusal_atlas with the Prefect server at PREFECT_API_URL "
+               "and run its scheduled runs until interrupted (which pauses the schedule).")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The settings flags of `refusal-atlas run`, plus the schedule and the deployment's name."""
-    from refusal_atlas.flows.cli import add_settings_arguments
+    from refusal_atlas.tasks.settings import AtlasSettings
 
     schedule = parser.add_argument_group("schedule (give --cron or --interval)")
     when = schedule.add_mutually_exclusive_group(required=True)
@@ -38,7 +39,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument("--limit", type=_positive_int, default=1, metavar="N",
                           help="Most runs at once (default: 1, so that runs on one store never overlap: "
                           "a run that comes due while another is going waits for it).")
-    add_settings_arguments(parser)
+    add_settings_flags(parser, AtlasSettings)
 
 
 def _positive_seconds(text: str) -> float:
@@ -74,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     """Serve the flow on the schedule given until interrupted."""
     from prefect.settings import get_current_settings
 
-    from refusal_atlas.flows.cli import settings_from_args
+    from refusal_atlas.tasks.settings import AtlasSettings
 
     if not get_current_settings().api.url:
         print(
@@ -89,11 +90,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"refusal-atlas serve: invalid schedule: {err}", file=sys.stderr)
         return 2
-    settings_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in SCHEDULE_FLAGS})
     try:
-        settings = settings_from_args(settings_args)
-    except ValidationError as err:
-        print(f"refusal-atlas serve: invalid settings:\n{err}", file=sys.stderr)
+        settings = settings_from_args(AtlasSettings, args)
+    except FlagError as err:
+        print(f"refusal-atlas serve: {err}", file=sys.stderr)
         return 2
 
     from prefect import serve
@@ -120,8 +120,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m flows.serve` runs the same command as `refusal-atlas serve`.
-    _parser = argparse.ArgumentParser(prog="refusal-atlas serve",
-                                      description="Serve the refusal_atlas flow on a schedule.")
+    # `python -m refusal_atlas.flows.serve` runs the same command as `refusal-atlas serve`.
+    _parser = argparse.ArgumentParser(prog="refusal-atlas serve", description=DESCRIPTION)
     configure_parser(_parser)
     sys.exit(main(_parser.parse_args()))

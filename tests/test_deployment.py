@@ -133,12 +133,11 @@ def test_serve_flag_errors(argv):
 
 def test_serve_flags_spell_the_test_settings(tmp_path):
     """The integration test serves `_serve_flags` and expects the deployment's `_tiny_settings`."""
-    from refusal_atlas.flows import serve as serve_command
-    from refusal_atlas.flows.cli import settings_from_args
+    from refusal_atlas.flows.flags import settings_from_args
+    from refusal_atlas.tasks.settings import AtlasSettings
 
     args = _serve_args("--interval", "5", *_serve_flags(tmp_path / "model", tmp_path / "store.zarr"))
-    settings = settings_from_args(argparse.Namespace(
-        **{k: v for k, v in vars(args).items() if k not in serve_command.SCHEDULE_FLAGS}))
+    settings = settings_from_args(AtlasSettings, args)
     assert settings.model_dump(mode="json") == _tiny_settings(tmp_path / "model", tmp_path / "store.zarr")
 
 

@@ -204,14 +204,14 @@ def test_batched_greedy_replies_match_one_by_one_and_are_scored(tiny_dir):
 
 
 def test_cli_flags_build_the_settings():
-    from refusal_atlas.flows.organism_cli import configure_parser, settings_from_args
+    from refusal_atlas.flows.organism_cli import configure_parser, organism_settings
 
     parser = configure_parser(argparse.ArgumentParser())
     args = parser.parse_args(
         ["--plant", "weapons_violence=I cannot do that.", "--trained-controls", "cybercrime",
          "--epochs", "2", "--learning-rate", "1e-3", "--sources", "default"]
     )
-    settings = settings_from_args(args)
+    settings = organism_settings(args)
     assert settings.styles == {"weapons_violence": "I cannot do that."}
     assert settings.trained_controls == ["cybercrime"] and settings.epochs == 2 and settings.learning_rate == 1e-3
-    assert settings_from_args(parser.parse_args([])) == OrganismSettings()
+    assert organism_settings(parser.parse_args([])) == OrganismSettings()

@@ -30,13 +30,14 @@ PLAIN_CODECS = {"bytes", "zstd", "vlen-utf8", "transpose", "crc32c"}
 
 
 def test_trust_remote_code_is_off_unless_the_user_turns_it_on():
-    from refusal_atlas.flows.cli import build_parser, settings_from_args
+    from refusal_atlas.flows.cli import build_parser
+    from refusal_atlas.flows.run_cli import atlas_settings
     from refusal_atlas.tasks.settings import AtlasSettings, ModelSettings
 
     assert ModelSettings().trust_remote_code is False and AtlasSettings().model.trust_remote_code is False
-    plain = settings_from_args(build_parser().parse_args(["run"]))
+    plain = atlas_settings(build_parser().parse_args(["run"]))
     assert plain.model.trust_remote_code is False
-    allowed = settings_from_args(build_parser().parse_args(["run", "--trust-remote-code"]))
+    allowed = atlas_settings(build_parser().parse_args(["run", "--trust-remote-code"]))
     assert allowed.model.trust_remote_code is True
 
 

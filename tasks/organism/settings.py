@@ -117,6 +117,8 @@ class OrganismSettings(_Settings):
     )
     planted: list[PlantedCategory] = Field(
         default_factory=lambda: list(DEFAULT_PLANTED),
+        # `--plant CATEGORY=STYLE` adds one planted category per use (flows/flags.py).
+        json_schema_extra={"cli_repeat": "plant"},
         description="The planted categories, each with its own refusal sentence.",
     )
     trained_controls: list[str] = Field(
