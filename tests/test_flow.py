@@ -158,6 +158,7 @@ def dask_cluster(tmp_path):
                 proc.kill()
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_dask_workers_give_the_thread_runner_directions(prefect_harness, model_dir, tmp_path, dask_cluster):
     from refusal_atlas.flows.atlas import refusal_atlas
