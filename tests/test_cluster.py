@@ -23,6 +23,7 @@ def clean():
     return x, truth, centres, cluster_directions(da.from_array(x, chunks=(500, 576)), SETTINGS)
 
 
+@pytest.mark.integration
 def test_planted_clusters_are_recovered_in_both_spaces(clean):
     x, truth, centres, comparison = clean
     assert comparison.rows.size == 2000 and comparison.dropped == 0
@@ -39,6 +40,7 @@ def test_planted_clusters_are_recovered_in_both_spaces(clean):
         assert result.projection.basis.shape == (32, 576)
 
 
+@pytest.mark.integration
 def test_exemplars_are_members_most_probable_first(clean):
     result = clean[3].residual
     for k, rows in enumerate(result.exemplars):
@@ -46,6 +48,7 @@ def test_exemplars_are_members_most_probable_first(clean):
         assert np.all(np.diff(result.probabilities[rows]) <= 0)
 
 
+@pytest.mark.integration
 def test_residual_space_recovers_clusters_that_share_a_big_varying_component():
     # A shared direction whose size varies by row (mean pairwise cosine about 0.63, like the
     # default model's 0.5 to 0.6) drags every cluster towards one hub: the raw clustering merges
@@ -63,6 +66,7 @@ def test_residual_space_recovers_clusters_that_share_a_big_varying_component():
     assert comparison.chosen == "residual" and comparison.result is comparison.residual
 
 
+@pytest.mark.integration
 def test_approximate_predict_assigns_held_out_points(clean):
     _, truth, _, comparison = clean
     held_out, held_truth, _ = planted(n=500, seed=1)  # same centres, new points
@@ -139,6 +143,7 @@ def test_numpy_and_dask_inputs_give_the_same_clustering():
         np.testing.assert_allclose(a.space(space).directions, b.space(space).directions, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_large_sets_fit_a_subsample_and_assign_the_rest(clean):
     x, truth, _, full = clean
     comparison = cluster_directions(x, SETTINGS.model_copy(update={"fit_rows": 600}))

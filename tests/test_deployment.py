@@ -530,7 +530,7 @@ def _browser_check(stack, run, extraction_run, report) -> list[Path]:
 @pytest.mark.timeout(420)
 def test_deployment_runs_schedule_and_ui(stack):
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        assert path.exists(), f"{path} is missing: apt-get install -y {package} (.ci/run installs it)"
+        assert path.exists(), f"{path} is missing: apt-get install -y {package} (make test installs it as root)"
     import selenium  # noqa: F401
 
     from tests.tiny import save_tiny_model

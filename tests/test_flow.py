@@ -57,6 +57,7 @@ def _engine(settings: AtlasSettings):
     return get_engine(settings.model, settings.directions, settings.engine)
 
 
+@pytest.mark.integration
 def test_second_run_recomputes_nothing_and_new_prompts_only_are_computed(prefect_harness, model_dir, tmp_path):
     from refusal_atlas.flows.atlas import refusal_atlas
 

@@ -9,11 +9,12 @@ import json
 import re
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import fsspec
 import pytest
 
-from refusal_atlas.tasks.prompts.sources import SHARED_DATA_ENV
+from refusal_atlas.tasks.prompts.sources import SHARED_DATA_ENV, shared_data_dir
 from refusal_atlas.tasks.prompts.records import (
     Prompt,
     PromptFileError,
@@ -22,20 +23,19 @@ from refusal_atlas.tasks.prompts.records import (
     load_prompts,
     parse_source,
     prompt_id,
-    shared_data_dir,
     text_sha256,
 )
 
-SHARED = shared_data_dir()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="../shared/data is not on this machine")
+# The prompt sets that ship with the repository for tests and benchmarks.
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
 
-# Rows and category counts as SOURCES.md states them.
-SHARED_FILES = {
+# Rows and category counts as benchmarks/data/SOURCES.md states them.
+DATA_FILES = {
     "jailbreakbench_harmful.jsonl": (100, "harmful", 10),
     "strongreject_harmful.jsonl": (313, "harmful", 6),
     "harmbench_val_harmful.jsonl": (41, "harmful", 6),
     "advbench_harmful.jsonl": (520, "harmful", 0),
-    "alpaca_harmless.jsonl": (2000, "harmless", 0),
+    "harmless_everyday.jsonl": (100, "harmless", 0),
 }
 
 
@@ -86,8 +86,8 @@ def test_prompt_create_strips_and_checks_its_invariants():
 
 def test_parse_source_reads_path_and_options():
     assert parse_source("prompts.txt") == PromptSource(path="prompts.txt")
-    spec = parse_source("../shared/data/alpaca_harmless.jsonl#limit=200&seed=0")
-    assert (spec.path, spec.limit, spec.seed, spec.label) == ("../shared/data/alpaca_harmless.jsonl", 200, 0, None)
+    spec = parse_source("benchmarks/data/advbench_harmful.jsonl#limit=200&seed=0")
+    assert (spec.path, spec.limit, spec.seed, spec.label) == ("benchmarks/data/advbench_harmful.jsonl", 200, 0, None)
     spec = parse_source("p.txt#label=harmless&category=my%20set&format=txt")
     assert (spec.label, spec.category, spec.format) == ("harmless", "my set", "txt")
     assert parse_source("p.txt#label=").label == ""
@@ -214,18 +214,17 @@ def test_a_single_source_may_be_given_on_its_own(tmp_path):
     assert load_prompts(path).texts == load_prompts(PromptSource(path=path)).texts == ("x",)
 
 
-@needs_shared
 def test_limit_and_seed_give_a_deterministic_sample_in_file_order():
-    alpaca = SHARED / "alpaca_harmless.jsonl"
-    first = load_prompts([f"{alpaca}#limit=200&seed=0"])
-    again = load_prompts([f"{alpaca}#limit=200&seed=0"])
-    other = load_prompts([f"{alpaca}#limit=200&seed=1"])
+    advbench = DATA / "advbench_harmful.jsonl"
+    first = load_prompts([f"{advbench}#limit=200&seed=0"])
+    again = load_prompts([f"{advbench}#limit=200&seed=0"])
+    other = load_prompts([f"{advbench}#limit=200&seed=1"])
     assert len(first) == 200 and first.ids == again.ids and set(first.ids) != set(other.ids)
-    everything = load_prompts([str(alpaca)]).ids
+    everything = load_prompts([str(advbench)]).ids
     positions = [everything.index(i) for i in first.ids]
     assert positions == sorted(positions) and positions != list(range(200))  # a sample, not the head
     report = first.report.sources[0]
-    assert (report.read, report.distinct, report.sampled, report.kept) == (2000, 2000, 200, 200)
+    assert (report.read, report.distinct, report.sampled, report.kept) == (520, 520, 200, 200)
 
 
 def test_a_limit_above_the_file_size_takes_everything(tmp_path):
@@ -233,7 +232,7 @@ def test_a_limit_above_the_file_size_takes_everything(tmp_path):
     assert load_prompts([f"{path}#limit=10&seed=4"]).texts == ("a", "b", "c")
 
 
-# --- the default set and the shared data ----------------------------------------------------------
+# --- the default set and the shipped benchmark data ----------------------------------------------
 
 
 def test_the_default_set_is_large_labelled_and_categorised():
@@ -247,25 +246,33 @@ def test_the_default_set_is_large_labelled_and_categorised():
     assert len(set(prompt_set.ids)) == len(prompt_set) == prompt_set.report.read
     assert prompt_set.report.duplicates_dropped == 0 and prompt_set.report.blank_lines_skipped == 0
     assert {p.source for p in prompt_set} == {"refusal-atlas default set (Apache-2.0)"}
-    # The file has exactly the shared data's fields, so any tool that reads one reads the other.
+    # The file has exactly the benchmark data's fields, so any tool that reads one reads the other.
     with default_prompts_path().open(encoding="utf-8") as handle:
         assert all(set(json.loads(line)) == {"prompt", "label", "category", "source"} for line in handle)
 
 
-@needs_shared
-def test_the_default_set_is_not_copied_from_the_shared_data():
-    shared = {p.id for name in SHARED_FILES for p in load_prompts([str(SHARED / name)])}
-    assert not shared & set(load_prompts(["default"]).ids)
+def test_the_default_set_is_not_copied_from_the_benchmark_data():
+    shipped = {p.id for name in DATA_FILES for p in load_prompts([str(DATA / name)])}
+    assert not shipped & set(load_prompts(["default"]).ids)
 
 
-@needs_shared
-@pytest.mark.parametrize("name", sorted(SHARED_FILES))
-def test_the_shared_data_files_load_with_their_documented_counts(name):
-    rows, label, categories = SHARED_FILES[name]
-    prompt_set = load_prompts([str(SHARED / name)])
+@pytest.mark.parametrize("name", sorted(DATA_FILES))
+def test_the_benchmark_data_files_load_with_their_documented_counts(name):
+    rows, label, categories = DATA_FILES[name]
+    prompt_set = load_prompts([str(DATA / name)])
     assert len(prompt_set) == rows and prompt_set.report.duplicates_dropped == 0
     assert {p.label for p in prompt_set} == {label}
     assert len({p.category for p in prompt_set} - {None}) == categories
+
+
+def test_every_benchmark_data_file_is_listed_with_its_licence():
+    sources = (DATA / "SOURCES.md").read_text(encoding="utf-8")
+    assert {p.name for p in DATA.glob("*.jsonl")} == set(DATA_FILES)
+    for name in DATA_FILES:
+        assert f"| {name} |" in sources, name
+    for licence in re.findall(r"\((LICENSES/[^)]+)\)", sources):
+        assert (DATA / licence).is_file(), licence
+    assert "alpaca" not in " ".join(DATA_FILES)  # CC BY-NC: not redistributable here
 
 
 def test_shared_data_dir_follows_the_environment(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import fsspec
+import pytest
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -80,6 +81,7 @@ def writable(texts: list[str], name: str) -> bool:
     return not any("\n" in t for t in texts) and not texts[0].startswith("\ufeff")
 
 
+@pytest.mark.integration
 @settings(max_examples=900, deadline=None)
 @given(texts=PROMPT_LISTS, name=st.sampled_from(["p.jsonl", "p.csv", "p.txt"]), ascii_only=st.booleans())
 def test_loading_gives_back_the_stripped_distinct_texts_in_first_seen_order(texts, name, ascii_only):
@@ -119,6 +121,7 @@ FRAGMENTS = st.sampled_from(
 BYTES = st.one_of(st.binary(max_size=300), st.lists(FRAGMENTS, max_size=40).map(b"".join))
 
 
+@pytest.mark.integration
 @settings(max_examples=1000, deadline=None)
 @given(data=BYTES, name=st.sampled_from(["p.jsonl", "p.csv", "p.tsv", "p.txt", "p.jsonl.gz", "p.txt.gz"]),
        compress=st.booleans())

@@ -100,6 +100,7 @@ def test_a_store_whose_creation_fails_part_way_is_not_left_half_made(tmp_path):
 # ----- a full disk -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_full_disk_mid_run_keeps_the_done_rows_and_the_rerun_computes_the_rest(prefect_harness, tiny_model_dir,
                                                                                   tmp_path, capsys):
     store = tmp_path / "atlas.zarr"
@@ -148,6 +149,7 @@ def _split(order: list[int], sizes: list[int]) -> list[list[int]]:
     return batches
 
 
+@pytest.mark.integration
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=BATCHES, fault_at=st.integers(0, 120))
 def test_a_disk_that_fills_at_any_chunk_write_loses_no_finished_row(batches, fault_at):
@@ -190,6 +192,7 @@ def test_a_disk_that_fills_at_any_chunk_write_loses_no_finished_row(batches, fau
 # ----- a damaged chunk ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_damaged_chunk_is_named_with_its_row_and_the_repaired_rows_are_recomputed(prefect_harness, tiny_model_dir,
                                                                                      tmp_path, capsys):
     store = tmp_path / "atlas.zarr"

@@ -33,6 +33,7 @@ def _finish(process, timeout: float = 60) -> None:
         pytest.fail("a writer process did not finish in time")
 
 
+@pytest.mark.integration
 def test_four_processes_write_interleaved_rows_bitwise(tmp_path):
     n_rows, workers = 48, 4
     uri, _ = _new_store(tmp_path, n_rows)

@@ -157,6 +157,7 @@ def _id(key: int) -> str:
     return f"p{key:04d}"
 
 
+@pytest.mark.integration
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPERATIONS)
 def test_any_sequence_of_operations_keeps_done_rows_exactly_as_last_written(operations):

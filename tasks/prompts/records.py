@@ -1,6 +1,6 @@
 """Prompts: the ``Prompt`` record, content-hash ids, and loading prompt sets from sources.
 
-``load_prompts(["default", "../shared/data/alpaca_harmless.jsonl#limit=200&seed=0"])`` reads
+``load_prompts(["default", "benchmarks/data/advbench_harmful.jsonl#limit=200&seed=0"])`` reads
 each source (see ``tasks.prompt_sources`` for the spec and ``tasks.prompt_readers`` for the
 formats), applies the source's defaults and sample, and merges the sources into one
 ``PromptSet``: prompts in first-seen order, each text once, with a report of what was read,
@@ -31,7 +31,6 @@ from refusal_atlas.tasks.prompts.sources import (
     PromptSource,
     default_prompts_path,
     parse_source,
-    shared_data_dir,
 )
 
 # The hash rule lives in the store's package, the lowest layer, so that registration, the store
@@ -259,6 +258,5 @@ __all__ = [
     "load_prompts",
     "parse_source",
     "prompt_id",
-    "shared_data_dir",
     "text_sha256",
 ]

@@ -3,7 +3,7 @@
 A source is a file (local path or fsspec URL) or the word ``default`` for the prompt set shipped
 with the package, plus options: a label or category for files that carry none, and a seeded
 sample size. On the command line a source is written ``PATH[#key=value&key=value]``, e.g.
-``../shared/data/alpaca_harmless.jsonl#limit=200&seed=0`` or ``prompts.txt#label=harmless``.
+``benchmarks/data/advbench_harmful.jsonl#limit=200&seed=0`` or ``prompts.txt#label=harmless``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from refusal_atlas.tasks.prompts.readers import FORMATS
 DEFAULT_SOURCE = "default"
 DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
 
-# Setting this points shared_data_dir() at another folder of shared prompt sets.
+# Only for shared_data_dir() below, which only tasks/organism/settings.py still calls.
 SHARED_DATA_ENV = "REFUSAL_ATLAS_SHARED_DATA"
 
 _OPTION_KEYS = ("label", "limit", "seed", "category", "format")
@@ -153,10 +153,13 @@ def default_prompts_path() -> Path:
 
 
 def shared_data_dir() -> Path | None:
-    """The folder of shared prompt sets, or None when it is not on this machine.
+    """A folder of extra prompt sets outside the repository, or None when it is not there.
 
     ``$REFUSAL_ATLAS_SHARED_DATA`` when set, else ``../shared/data`` next to the repository root.
-    Tests and benchmarks that need those files skip when this is None.
+    Kept only for the organism's optional defaults (tasks/organism/settings.py), which fall back
+    to the shipped default set when this is None. Nothing else reads data from outside the
+    repository: the tests' and benchmarks' prompt sets ship in benchmarks/data/. Remove this
+    once the organism ships its own data.
     """
     override = os.environ.get(SHARED_DATA_ENV)
     repo_root = Path(__file__).resolve().parents[1]
