@@ -36,8 +36,20 @@ def main(args: argparse.Namespace) -> int:
     except FlagError as err:
         print(f"refusal-atlas run: {err}", file=sys.stderr)
         return 2
-    from refusal_atlas.flows.atlas import refusal_atlas
+    # Then the prompt files: a missing file or a malformed line is reported in a second or two,
+    # before Prefect's server starts and the model loads (tens of seconds). The flow reads them
+    # again at registration, so a file edited in between is still read as it is then.
     from refusal_atlas.flows.failures import explain, short_tracebacks
+    from refusal_atlas.tasks.prompts.raw import PromptFileError
+    from refusal_atlas.tasks.prompts.records import load_prompts
+
+    try:
+        load_prompts(settings.prompts)
+    except PromptFileError as err:
+        failure = explain(err, settings.store)
+        print(f"refusal-atlas: {failure.message}", file=sys.stderr)
+        return failure.code
+    from refusal_atlas.flows.atlas import refusal_atlas
 
     # A failure the user can act on (bad input, a lost API, a full disk, a busy or damaged store)
     # ends in one paragraph that says what is kept and how to resume; anything else is a bug and
