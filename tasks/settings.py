@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from refusal_atlas.tasks.settings_base import StrictSettings
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
 from refusal_atlas.tasks.prompts.sources import PromptSource, parse_source
 
@@ -26,11 +27,7 @@ DEFAULT_LAYER_FRACTIONS: tuple[float, ...] = (0.4, 0.6, 0.8)
 Position = Literal["last_prompt_token", "instruction_end"]
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSettings(_Settings):
+class ModelSettings(StrictSettings):
     """Which model to load, and how."""
 
     name: str = Field(
@@ -72,7 +69,7 @@ class ModelSettings(_Settings):
     )
 
 
-class DirectionSettings(_Settings):
+class DirectionSettings(StrictSettings):
     """Option 1 (gradient directions) and the layers and position they are read at."""
 
     layers: list[int] | None = Field(
@@ -135,7 +132,7 @@ class DirectionSettings(_Settings):
         return self.model_dump(mode="json", exclude={"layers", "gradient_labels"})
 
 
-class EngineSettings(_Settings):
+class EngineSettings(StrictSettings):
     """How the process-wide direction engine batches work."""
 
     max_batch: int = Field(
@@ -148,7 +145,7 @@ class EngineSettings(_Settings):
     )
 
 
-class ClusterSettings(_Settings):
+class ClusterSettings(StrictSettings):
     """How per-prompt directions are clustered into a few refusal directions."""
 
     layer: int | Literal["best"] | None = Field(
@@ -192,7 +189,7 @@ class ClusterSettings(_Settings):
     seed: int = Field(0, description="Seed for PCA, bootstraps and random control directions.")
 
 
-class AtlasSettings(_Settings):
+class AtlasSettings(StrictSettings):
     """Everything a refusal-atlas run needs: the `refusal_atlas` flow's one parameter."""
 
     prompts: list[PromptSource] = Field(

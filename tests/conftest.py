@@ -45,17 +45,20 @@ def tiny32():
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
+def prefect_harness(tmp_path_factory):
     """A temporary Prefect server and database for the whole session (one per session: a second
-    harness would replace the first one's settings under the tests still using it)."""
+    harness would replace the first one's settings under the tests still using it), and a result
+    folder of the session's own, so that no test reads what other runs left in ~/.prefect."""
     from prefect.logging.configuration import ensure_logging_setup
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     # Prefect's console handler keeps the stderr it finds when logging is set up; set up here, it
     # finds pytest's session-long capture rather than the stream of a test's capfd, which is
     # closed when that test ends.
     ensure_logging_setup()
-    with prefect_test_harness(server_startup_timeout=120):
+    results = tmp_path_factory.mktemp("prefect-results")
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: results}):
         yield
 
 

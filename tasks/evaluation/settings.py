@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from refusal_atlas.tasks.settings_base import StrictSettings
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(StrictSettings):
     """How cluster directions, the difference-in-means baseline and random controls are tested.
 
     f and the log-odds (one forward pass per batch) are the cheap measures and always run.
     Greedy generation is the slow part on a CPU, so its prompt count and length are small by
     default; set n_generate to 0 to skip it.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(
         0.5,
