@@ -184,11 +184,11 @@ def test_dask_workers_give_the_thread_runner_directions(prefect_harness, model_d
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_cli_run_on_its_own_local_dask_cluster(model_dir, tmp_path):
+def test_cli_run_on_its_own_local_dask_cluster(prefect_harness, model_dir, tmp_path):
     """`refusal-atlas run --dask` starts a LocalCluster whose worker processes import the package
     as installed. The working directory holds a folder named `storage` (as ~/.prefect holds one):
     a bare `import storage` in a worker would pick it up as a namespace package and fail."""
-    from tests.robustness_support import command_env
+    from tests.robustness_support import command_env, harness_api_url
 
     (tmp_path / "storage").mkdir()
     harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL[:4], "harmful")
@@ -197,7 +197,7 @@ def test_cli_run_on_its_own_local_dask_cluster(model_dir, tmp_path):
                "--threads", "4", "--model", str(model_dir), "--layers", "1", "--steps", "1", "--no-evaluate",
                "--cluster-min-cluster-size", "2", "--cluster-pca-dim", "none", "--cluster-bootstraps", "0",
                "--store", str(tmp_path / "dask.zarr"), "--prompts", str(harmful), str(harmless)]
-    result = subprocess.run(command, cwd=tmp_path, env=command_env(tmp_path / "prefect-home", None),
+    result = subprocess.run(command, cwd=tmp_path, env=command_env(tmp_path / "prefect-home", harness_api_url()),
                             capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     store = AtlasStore.open(str(tmp_path / "dask.zarr"))
