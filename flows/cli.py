@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Verify, then mark the rows of damaged chunks for recomputation and remove damaged "
                          "groups, so that the next run computes them again.")
     inspect.set_defaults(func=_cmd_inspect)
+    from refusal_atlas.flows import export_cli
     from refusal_atlas.flows import organism_cli as organism_command
     from refusal_atlas.flows import serve as serve_command
 
@@ -208,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("organism", organism_command, "Fine-tune a refusal model organism with planted refusal types.",
          "Fine-tune a small chat model so that it refuses planted harm categories, each in "
          "its own style, and save it as a model directory the atlas loads by path."),
+        ("export", export_cli.EXPORT, "Export store directions as llama.cpp control vectors and safetensors.",
+         "Write chosen directions of an atlas store (listed without --direction) into a new directory."),
+        ("steer", export_cli.STEER, "Greedy replies with and without exported directions, side by side.",
+         "Answer prompts with and without adding (or ablating) exported directions, with both judges' verdicts."),
+        ("abliterate", export_cli.ABLITERATE, "Write a model orthogonalised against exported directions.",
+         "Write a new Hugging Face model directory whose residual-stream writers are orthogonalised against "
+         "the span of the directions, with a card saying what was removed."),
     ):
         command = commands.add_parser(name, help=help_text, description=description)
         module.configure_parser(command)

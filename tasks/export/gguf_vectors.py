@@ -51,7 +51,7 @@ def metadata(direction: SelectedDirection, provenance: dict) -> dict[str, str | 
         "mean_h0_norm": direction.mean_h0_norm,
         "n_norm_prompts": direction.n_norm_prompts,
         "scale": direction.scale,
-        "run": direction.run or "",
+        "run": direction.run,
         "layer_convention": LAYER_CONVENTION,
         "strength_convention": "strength 1.0 adds alpha * mean_h0_norm * unit direction (the atlas's own alpha)",
         "model_id": provenance["model_id"],
@@ -75,6 +75,8 @@ def write_control_vector(path: Path, direction: SelectedDirection, provenance: d
         writer.add_string(f"{ARCH}.model_hint", model_hint)
         writer.add_uint32(f"{ARCH}.layer_count", 1)
         for key, value in metadata(direction, provenance).items():
+            if value is None:  # GGUF has no null: a key that does not apply (e.g. no run) is left out
+                continue
             if isinstance(value, bool) or isinstance(value, str):
                 writer.add_string(PREFIX + key, str(value))
             elif isinstance(value, int):
