@@ -122,6 +122,27 @@ def _orthogonalise(writer: Writer, q: torch.Tensor) -> None:
         bias.copy_((b - q.T @ (q @ b)).to(bias.dtype))
 
 
+def _drop_dequantised_quantizer(model: nn.Module) -> bool:
+    """Forget that a model came from a GGUF file whose weights transformers dequantised.
+
+    Such a model keeps its quantizer, and save_pretrained refuses to write it ("not
+    serializable"); its weights are plain tensors, so once they are orthogonalised the model is
+    an ordinary one and is saved as such. Weights still packed in quantised blocks cannot be
+    orthogonalised in place, so that case is refused.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return False
+    if not getattr(getattr(quantizer, "quantization_config", None), "dequantize", False):
+        raise AbliterationError("the model's weights are packed quantised blocks, which cannot be orthogonalised: "
+                                "load it dequantised (without a GGUF kernel) or from an unquantised directory.")
+    model.hf_quantizer = None
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+    return True
+
+
 def orthogonalised_copy(model: nn.Module, vectors: np.ndarray) -> tuple[nn.Module, dict]:
     """A deep copy of `model` whose residual writers are orthogonalised against the span of
     vectors [k, D]; and a summary (writers changed, whether the LM head was untied)."""
@@ -130,13 +151,15 @@ def orthogonalised_copy(model: nn.Module, vectors: np.ndarray) -> tuple[nn.Modul
         raise AbliterationError(f"directions have size {np.shape(vectors)[-1]}, but the model's hidden size is {hidden}.")
     q = orthonormal_basis(vectors)
     twin = copy.deepcopy(model)
+    dequantised = _drop_dequantised_quantizer(twin)
     untied = ties_embeddings(twin)
     if untied:
         _untie(twin)
     writers = residual_writers(twin)
     for writer in writers:
         _orthogonalise(writer, q)
-    return twin, {"writers": [w.name for w in writers], "untied_lm_head": untied, "rank": int(q.shape[0])}
+    return twin, {"writers": [w.name for w in writers], "untied_lm_head": untied, "rank": int(q.shape[0]),
+                  "dequantised": dequantised, "dtype": str(next(twin.parameters()).dtype).removeprefix("torch.")}
 
 
 def card(directions, info: dict, summary: dict, source: str) -> str:
@@ -164,6 +187,8 @@ found it; its removal acts at every layer.
 {rows}
 
 {untied}
+
+{"The source weights came from a GGUF file and were dequantised by transformers; they are saved unquantised, in " + summary["dtype"] + "." if summary["dequantised"] else "Weights are saved in " + summary["dtype"] + "."}
 
 ## Provenance
 
