@@ -98,5 +98,9 @@ def test_abliterated_smollm2_reloads_and_equals_hook_ablation(smollm2, store, tm
         with ablate_span(smollm2.model, vectors):
             hooked = smollm2.model(input_ids=ids).logits
         abliterated = reloaded.model(input_ids=ids).logits
-    torch.testing.assert_close(abliterated, hooked, atol=1e-4, rtol=0)
+        base = smollm2.model(input_ids=ids).logits
+    # Thirty float32 layers summed in a different order: the two agree to about 2e-4 on logits
+    # of size ~20 (measured 1.6e-4), far below what the ablation itself moves.
+    assert (abliterated - base).abs().max() > 0.1
+    torch.testing.assert_close(abliterated, hooked, atol=5e-4, rtol=0)
     assert "untied" in (tmp_path / "abl" / "README.md").read_text()

@@ -133,7 +133,9 @@ def _drop_dequantised_quantizer(model: nn.Module) -> bool:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is None:
         return False
-    if not getattr(getattr(quantizer, "quantization_config", None), "dequantize", False):
+    # transformers' legacy GGUF path dequantises without setting `dequantize`, so the weights
+    # themselves are what is checked: packed blocks are integer tensors.
+    if any(not tensor.is_floating_point() for tensor in model.state_dict().values()):
         raise AbliterationError("the model's weights are packed quantised blocks, which cannot be orthogonalised: "
                                 "load it dequantised (without a GGUF kernel) or from an unquantised directory.")
     model.hf_quantizer = None
