@@ -136,3 +136,12 @@ def test_export_command_lists_and_writes(store, tmp_path, capsys):
     assert loaded[0].alpha == 0.5 and loaded[0].layer == 3
     np.testing.assert_allclose(loaded[0].vector, from_safetensors[0].vector, atol=1e-6)
     assert info["model_fingerprint"] == store.spec.model_fingerprint
+
+
+def test_a_prompt_without_an_option_1_direction_is_refused_with_the_reason(tmp_path):
+    store = make_store(tmp_path / "atlas.zarr", loaded_tiny("llama"))
+    rows = store.register_prompts([{"id": "calm", "text": "a harmless prompt", "label": "harmless",
+                                    "category": "", "source": "tests"}])
+    store.write_rows(list(rows.values()), {"h0": np.ones((1, 2, store.spec.hidden_size))})
+    with pytest.raises(SelectionError, match="not finite.*Option 1 directions"):
+        selection.select(store, "prompt-calm.L1")

@@ -2,7 +2,9 @@
 the logits the way the hook does.
 
 llama.cpp here comes from the PyPI wheel `llama-cpp-py-sync` (prebuilt libllama, CFFI ABI mode;
-`pip install --no-deps llama-cpp-py-sync`); the test is skipped without it. Its C API takes a
+`pip install --no-deps llama-cpp-py-sync`); the test is skipped without it, or where its library
+does not load (on the development machines it needs glibc 2.38 and they have 2.36, so this test
+has not yet run anywhere). Its C API takes a
 control vector as one flat buffer, so the file is turned into that buffer the way llama.cpp's
 own loader (common_control_vector_load) does: tensor direction.N goes to offset (N - 1) * n_embd,
 scaled by the strength, and the layer range is 1..n_layer. The model is quantised (Q4_1) and
@@ -21,6 +23,23 @@ from refusal_atlas.tasks.export.safetensors_vectors import LoadedDirection
 
 pytestmark = pytest.mark.integration
 llama_cpp = pytest.importorskip("llama_cpp_py_sync")
+
+
+def _library_error() -> str | None:
+    """Why the wheel's libllama cannot be loaded here, if it cannot (its wheels, though tagged
+    manylinux2014, need glibc 2.38; Debian 12 has 2.36)."""
+    from llama_cpp_py_sync._cffi_bindings import get_lib
+
+    try:
+        get_lib()
+    except (OSError, RuntimeError) as err:
+        return str(err)
+    return None
+
+
+_ERROR = _library_error()
+if _ERROR is not None:
+    pytest.skip(f"llama-cpp-py-sync is installed but its libllama does not load: {_ERROR}", allow_module_level=True)
 
 
 def _cpp_logits(llm, tokens: list[int]) -> np.ndarray:

@@ -127,7 +127,9 @@ def select(store, name: str, alpha: float | None = None) -> SelectedDirection:
     kind, layer, vector, run, how = _read(store, name)
     norm = float(np.linalg.norm(vector))
     if not np.isfinite(norm) or norm == 0:
-        raise SelectionError(f"direction {name!r} is zero or not finite in {store.uri}; it cannot be exported.")
+        hint = (" Only prompts with a gradient label (by default harmful or unlabelled) get Option 1 directions."
+                if kind == "prompt" else "")
+        raise SelectionError(f"direction {name!r} is zero or not finite in {store.uri}; it cannot be exported.{hint}")
     mean_norm, count = mean_h0_norm(store, layer)
     return SelectedDirection(name, kind, layer, (vector / norm).astype(np.float32), alpha, mean_norm,
                              count, run, how)
