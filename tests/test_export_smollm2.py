@@ -72,9 +72,11 @@ def test_exported_direction_steered_through_the_cli_changes_the_reply(store, tmp
                      "--alpha", "1.0", "--mode", "add", "--max-new-tokens", "24", prompt])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    lines = printed.splitlines()
-    base, steered = lines[lines.index(f"prompt: {prompt}") + 2], lines[lines.index(f"prompt: {prompt}") + 4]
-    print(printed)
+    block = printed.split(f"prompt: {prompt}\n", 1)[1]
+    base = block.split("  base    [", 1)[1].split("\n", 1)[1].split("  steered [", 1)[0]
+    steered = block.split("  steered [", 1)[1].split("\n", 1)[1]
+    with capsys.disabled():  # shown with -s: the replies themselves are the evidence
+        print(printed)
     assert base.strip() and steered.strip() != base.strip()
 
 

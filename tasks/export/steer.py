@@ -109,14 +109,18 @@ def steer_prompts(loaded, directions: Sequence[LoadedDirection], prompts: Sequen
 
 def side_by_side(replies: Sequence[SteeredReply], what: str) -> str:
     """The replies as text a person reads: each prompt, then both replies with their verdicts."""
+    def indented(reply: str) -> str:
+        # Continuation lines of a reply are indented too, so every reply stays under its header.
+        return "    " + reply.replace("\n", "\n    ")
+
     lines = [what]
     for r in replies:
         lines += [
             "",
             f"prompt: {r.prompt}",
             f"  base    [substring {'refusal' if r.base_substring else 'no refusal'}; strict {r.base_kind}]",
-            f"    {r.base}",
+            indented(r.base),
             f"  steered [substring {'refusal' if r.steered_substring else 'no refusal'}; strict {r.steered_kind}]",
-            f"    {r.steered}",
+            indented(r.steered),
         ]
     return "\n".join(lines)
