@@ -14,7 +14,6 @@ The stored vector is scale * d with scale = alpha * mean ||h_0|| (see selection.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +113,3 @@ def read_control_vector(path: Path) -> tuple[dict[int, np.ndarray], dict]:
         vectors[layer] = vectors.get(layer, 0) + np.asarray(tensor.data, dtype=np.float32).reshape(-1)
     return vectors, fields
 
-
-def describe(fields: dict) -> str:
-    """One line naming where a control vector came from, for error messages."""
-    keys = ("direction", "model_id", "model_fingerprint", "store_uuid")
-    return json.dumps({k: fields.get(k) for k in keys})
