@@ -1,0 +1,1 @@
+"""Directions that leave the atlas: selection, llama.cpp and safetensors export, steering and abliteration."""
