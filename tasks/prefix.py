@@ -158,7 +158,8 @@ class PrefixBatch:
                 )
             self._below.update(captured)
             self.forward_passes += 1
-        out = torch.empty((len(prompts), *self._below[int(layers[0])].shape[1:]), dtype=self.model_dtype, device=self.device)
+        shape = (len(prompts), *self._below[int(layers[0])].shape[1:])
+        out = torch.empty(shape, dtype=self.model_dtype, device=self.device)
         for layer in layers.unique().tolist():
             where = (layers == layer).nonzero().squeeze(-1)
             out[where] = self._below[layer].index_select(0, prompts[where])
@@ -195,7 +196,10 @@ class PrefixBatch:
         if values is not None:
             return logits, values, [values], lambda grads: grads[0]
         h = self._gather_leaves(leaves, layers)
-        return logits, h, [leaves[layer] for layer in present], lambda grads: self._gather_leaves(dict(zip(present, grads)), layers)
+        def regroup(grads):
+            return self._gather_leaves(dict(zip(present, grads)), layers)
+
+        return logits, h, [leaves[layer] for layer in present], regroup
 
     @staticmethod
     def _gather_leaves(per_layer: dict[int, torch.Tensor], layers: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,8 @@ def test_steps_above_layer_l_equal_full_stack_passes(arch, position):
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(prompts), generator=generator)
     noise = torch.randn(first_full.h.shape, generator=generator, dtype=torch.float64)
-    values = (first_full.h + 0.2 * first_full.h.norm(dim=-1, keepdim=True) * noise / noise.norm(dim=-1, keepdim=True))[order]
+    step = 0.2 * first_full.h.norm(dim=-1, keepdim=True) * noise / noise.norm(dim=-1, keepdim=True)
+    values = (first_full.h + step)[order]
     moved_upper = upper.evaluate(prompts[order], layers[order], values)
     moved_full = full.evaluate(prompts[order], layers[order], values)
     for a, b in ((first_upper, first_full), (moved_upper, moved_full)):
@@ -88,7 +89,8 @@ def test_steps_above_layer_l_equal_full_stack_passes(arch, position):
 def test_skipping_lower_layers_keeps_float32_directions(tiny32):
     settings = DirectionSettings(layers=[1, 2, 3], steps=3, eta=0.1)
     upper = DirectionEngine(tiny32, settings, EngineSettings(max_batch=3)).compute_many(PROMPTS)
-    full = DirectionEngine(tiny32, settings, EngineSettings(max_batch=3, skip_lower_layers=False)).compute_many(PROMPTS)
+    full_stack = EngineSettings(max_batch=3, skip_lower_layers=False)
+    full = DirectionEngine(tiny32, settings, full_stack).compute_many(PROMPTS)
     for a, b in zip(upper, full):
         np.testing.assert_allclose(a.h0, b.h0, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(a.f0, b.f0, rtol=1e-5, atol=1e-5)
