@@ -2,12 +2,17 @@
 
 The naive loop takes one prompt at a time and, at every gradient step, runs the full prompt
 plus phrases forward and backward (tests/naive.py). The engine batches prompts, runs each
-prefix once and feeds the phrases as one token tree. Both compute Option 1 at the same layers
-with the same K; the cosine between their directions shows they compute the same thing.
+prefix once and feeds the phrases as one token tree. It runs twice: as it did before issue 17,
+every step through all layers ("full stack", `skip_lower_layers=False`), and with steps that
+run only layers L+1..N-1 ("upper layers", the default). All compute Option 1 at the same
+layers with the same K; the cosine between their directions shows they compute the same thing.
 
     python benchmarks/bench_engine.py --prompts 32 --naive-prompts 8 --steps 8 --repeats 3
 
 The naive loop runs on a subset (--naive-prompts) because it is slow; rates are per prompt.
+Last, one gradient step (point and anchor of one batch at every layer) is timed on both engine
+paths against a bound: the multiply-adds it needs in layers L+1..N-1 and the head, forward and
+backward, at the matmul rate this machine measures in the same run.
 """
 
 from __future__ import annotations
@@ -84,12 +89,17 @@ def main() -> None:
           f"loaded in {time.perf_counter() - t0:.1f} s; device {loaded.device}, {torch.get_num_threads()} threads")
     settings = DirectionSettings(layers=args.layers, steps=args.steps)
     engine = DirectionEngine(loaded, settings, EngineSettings(max_batch=args.max_batch))
+    full = DirectionEngine(loaded, settings, EngineSettings(max_batch=args.max_batch, skip_lower_layers=False))
     print(f"prompts: {len(texts)} (engine), {len(subset)} (naive); layers {engine.layers}; K={args.steps}; "
           f"phrases {list(settings.phrases)}; max_batch {args.max_batch}")
 
-    engine.compute_many(texts[:2])  # warm-up: first-call allocations and kernel choices
-    engine_all, engine_sub, naive_sub, mem_engine, mem_naive = [], [], [], [], []
+    for warm in (engine, full):
+        warm.compute_many(texts[:2])  # warm-up: first-call allocations and kernel choices
+    engine_all, engine_sub, naive_sub, mem_engine, mem_naive, full_all = [], [], [], [], [], []
     for _ in range(args.repeats):
+        start = time.perf_counter()
+        full_results = full.compute_many(texts)
+        full_all.append(time.perf_counter() - start)
         with PeakRSS() as mem:
             start = time.perf_counter()
             results = engine.compute_many(texts)
@@ -109,13 +119,20 @@ def main() -> None:
         float(np.dot(r.direction[i], n[i]["direction"].numpy()) / np.linalg.norm(r.direction[i]))
         for r, n in zip(sub_results, naive) for i in range(len(engine.layers))
     ]
+    same = [
+        float(np.dot(a.direction[i], b.direction[i]) / np.linalg.norm(a.direction[i]) / np.linalg.norm(b.direction[i]))
+        for a, b in zip(results, full_results) for i in range(len(engine.layers)) if np.isfinite(a.direction[i]).all()
+    ]
     rate = {
+        "full_stack_all": len(texts) / statistics.median(full_all),
         "engine_all": len(texts) / statistics.median(engine_all),
         "engine_subset": len(subset) / statistics.median(engine_sub),
         "naive_subset": len(subset) / statistics.median(naive_sub),
     }
     figures = {
         "prompts_per_s": rate,
+        "speedup_upper_vs_full_stack": rate["engine_all"] / rate["full_stack_all"],
+        "cosine_upper_vs_full_stack_min": min(same),
         "speedup_same_prompts": rate["engine_subset"] / rate["naive_subset"],
         "speedup_full_set_vs_naive": rate["engine_all"] / rate["naive_subset"],
         "cosine_min": min(cosines),
@@ -127,14 +144,80 @@ def main() -> None:
     print(f"\n{'':28}{'prompts/s':>12}{'s/prompt':>12}")
     for name, value in rate.items():
         print(f"{name:28}{value:12.3f}{1 / value:12.2f}")
-    print(f"\nspeedup, same {len(subset)} prompts (median of {args.repeats}): {figures['speedup_same_prompts']:.1f}x")
+    print(f"\nupper layers vs full stack, all {len(texts)} prompts (median of {args.repeats}): "
+          f"{figures['speedup_upper_vs_full_stack']:.2f}x; min cosine between them {min(same):.6f}")
+    print(f"speedup, same {len(subset)} prompts (median of {args.repeats}): {figures['speedup_same_prompts']:.1f}x")
     print(f"speedup, engine on all {len(texts)} vs naive rate: {figures['speedup_full_set_vs_naive']:.1f}x")
     print(f"cosine(engine, naive) over {len(cosines)} prompt-layers: min {figures['cosine_min']:.6f}, "
           f"median {figures['cosine_median']:.6f}")
     print(f"peak RSS above the loaded model: engine {figures['peak_rss_delta_mib']['engine']:.0f} MiB, "
           f"naive {figures['peak_rss_delta_mib']['naive']:.0f} MiB")
+    figures["step"] = step_against_bound(engine, full, texts[: args.max_batch], args.repeats)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+
+
+def matmul_rate(rows: int, inner: int, cols: int, seconds: float = 2.0) -> float:
+    """Multiply-adds per second of a float32 [rows, inner] @ [inner, cols] matmul, best of runs."""
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return rows * inner * cols / best
+
+
+def step_against_bound(engine: DirectionEngine, full: DirectionEngine, texts: list[str], repeats: int) -> dict:
+    """Time one gradient step (every query of a batch, point and anchor) on both paths, and
+    the multiply-adds it needs in layers L+1..N-1 and the head (forward and backward)."""
+    from refusal_atlas.tasks.engine.prefix import PrefixBatch
+
+    model = engine.loaded.model
+    rendered = [engine.render(t) for t in texts]
+    n_layers = len(engine.layers)
+    prompts = torch.arange(len(texts)).repeat_interleave(n_layers).repeat(2)  # point and anchor rows
+    layers = torch.tensor(engine.layers).repeat(len(texts)).repeat(2)
+    timings, evals = {}, {}
+    for name, skip in (("full_stack", False), ("upper_layers", True)):
+        batch = PrefixBatch(model, rendered, engine.target, engine.pad_id, skip_lower_layers=skip)
+        h0 = batch.evaluate(prompts, layers, None, grad=False).h  # also fills the states below L
+        runs = []
+        for _ in range(max(repeats, 3)):
+            start = time.perf_counter()
+            evals[name] = batch.evaluate(prompts, layers, h0, grad=True)
+            runs.append(time.perf_counter() - start)
+        timings[name] = statistics.median(runs)
+    # Multiply-adds per token: a decoder layer's weight matrices, plus attention over the
+    # prefix and the tree (scores and weighted values: 2 * heads * head_dim per key).
+    cfg = model.config
+    per_layer = sum(p.numel() for p in model.model.layers[0].parameters() if p.dim() == 2)
+    head = model.lm_head.weight.numel()
+    nodes = batch._tree.tokens.shape[1]
+    keys = float(batch.prefix_lens.float().mean()) + nodes
+    attention = 2 * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads) * keys
+    above = sum(cfg.num_hidden_layers - 1 - int(layer) for layer in layers)
+    forward = nodes * (above * (per_layer + attention) + len(layers) * head)
+    # The backward pass needs gradients with respect to activations only (frozen weights).
+    macs = 2 * forward
+    tokens = len(layers) * nodes
+    rate = matmul_rate(tokens, cfg.hidden_size, cfg.intermediate_size)
+    bound = macs / rate
+    out = {
+        "rows": len(layers), "tree_nodes": nodes, "mean_prefix": keys - nodes,
+        "step_s": timings, "bound_s": bound, "matmul_macs_per_s": rate, "step_macs": macs,
+        "max_abs_f_difference": float((evals["full_stack"].f - evals["upper_layers"].f).abs().max()),
+    }
+    print(f"\none step: {len(layers)} rows (a batch of {len(texts)} prompts x {n_layers} layers x point and anchor), "
+          f"{nodes} tree nodes, mean prefix {keys - nodes:.0f} tokens")
+    print(f"matmul rate ([{tokens} x {cfg.hidden_size}] @ [{cfg.hidden_size} x {cfg.intermediate_size}], float32): "
+          f"{rate / 1e9:.1f} G multiply-adds/s")
+    print(f"multiply-adds the step needs (layers L+1..N-1 and head, forward and backward): {macs / 1e9:.2f} G "
+          f"-> bound {bound:.3f} s")
+    for name, seconds in timings.items():
+        print(f"{name:14} step {seconds:.3f} s = {seconds / bound:.1f}x the bound")
+    print(f"|f(full stack) - f(upper layers)| at h_0: max {out['max_abs_f_difference']:.2e}")
+    return out
 
 
 if __name__ == "__main__":

@@ -143,6 +143,14 @@ class EngineSettings(StrictSettings):
         ge=0,
         description="How long the micro-batcher waits for more concurrent prompts before running a batch.",
     )
+    skip_lower_layers: bool = Field(
+        True,
+        description=(
+            "Run each gradient step through layers L+1..N-1 only, on the states below L computed once "
+            "per batch (llama, qwen2 and gpt2 models; others always run the full stack). Off runs "
+            "every step through all layers, as the engine did before; the results are the same."
+        ),
+    )
 
 
 class ClusterSettings(StrictSettings):

@@ -55,6 +55,48 @@ def test_batched_cached_directions_equal_unbatched_full_recompute(arch, position
         assert result.f0[0] == pytest.approx(float(f_naive), abs=1e-4)
 
 
+@pytest.mark.parametrize("position", ["last_prompt_token", "instruction_end"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_steps_above_layer_l_equal_full_stack_passes(arch, position):
+    """The path that runs only layers L+1..N-1 gives the full-stack path's f, h_0, gradient and
+    log-odds, for a batch mixing layers (the last one included) and prompts of different lengths."""
+    model = tiny_model(arch, layers=4, hidden=32, dtype=torch.float64)
+    engine = DirectionEngine(wrap(model), DirectionSettings(position=position), EngineSettings())
+    rendered = [engine.render(t) for t in PROMPTS]
+    assert len({r.position for r in rendered}) > 2
+    upper = PrefixBatch(model, rendered, engine.target, engine.pad_id)
+    full = PrefixBatch(model, rendered, engine.target, engine.pad_id, skip_lower_layers=False)
+    assert upper._stack is not None and full._stack is None
+    prompts = torch.arange(len(PROMPTS)).repeat_interleave(3)
+    layers = torch.tensor([0, 1, 3]).repeat(len(PROMPTS))
+    first_upper, first_full = upper.evaluate(prompts, layers), full.evaluate(prompts, layers)
+    # Then queries in a shuffled order, at values away from h_0, as the walk's later steps are.
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(prompts), generator=generator)
+    noise = torch.randn(first_full.h.shape, generator=generator, dtype=torch.float64)
+    step = 0.2 * first_full.h.norm(dim=-1, keepdim=True) * noise / noise.norm(dim=-1, keepdim=True)
+    values = (first_full.h + step)[order]
+    moved_upper = upper.evaluate(prompts[order], layers[order], values)
+    moved_full = full.evaluate(prompts[order], layers[order], values)
+    for a, b in ((first_upper, first_full), (moved_upper, moved_full)):
+        for name in ("f", "h", "grad", "log_odds"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-8)
+    # Not vacuous: below the last layer, h reaches the phrases (at the last layer it does not
+    # when h's position is the instruction's end, whose output no phrase token reads).
+    assert first_full.grad[layers < 3].norm(dim=-1).min() > 0
+
+
+def test_skipping_lower_layers_keeps_float32_directions(tiny32):
+    settings = DirectionSettings(layers=[1, 2, 3], steps=3, eta=0.1)
+    upper = DirectionEngine(tiny32, settings, EngineSettings(max_batch=3)).compute_many(PROMPTS)
+    full_stack = EngineSettings(max_batch=3, skip_lower_layers=False)
+    full = DirectionEngine(tiny32, settings, full_stack).compute_many(PROMPTS)
+    for a, b in zip(upper, full):
+        np.testing.assert_allclose(a.h0, b.h0, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a.f0, b.f0, rtol=1e-5, atol=1e-5)
+        assert min(_cos(x, y) for x, y in zip(a.direction, b.direction)) > 1 - 1e-5
+
+
 def _planted_model(layer: int, token: int, seed: int = 0):
     """A tiny llama whose layers after `layer` pass the residual through unchanged, with no final
     norm and an unembedding whose only non-zero row is `token`'s, along a known unit vector u.

@@ -143,7 +143,13 @@ class DirectionEngine:
         s = self.settings
         n_layers = len(self.layers)
         with self.loaded.lock:
-            prefix = PrefixBatch(self.loaded.model, [r.rendered for r in requests], self.target, self.pad_id)
+            prefix = PrefixBatch(
+                self.loaded.model,
+                [r.rendered for r in requests],
+                self.target,
+                self.pad_id,
+                skip_lower_layers=self.engine_settings.skip_lower_layers,
+            )
             # Queries are prompt-major: query q is prompt q // L at layer self.layers[q % L].
             prompts = torch.arange(len(requests)).repeat_interleave(n_layers).to(prefix.device)
             layers = torch.tensor(self.layers, device=prefix.device).repeat(len(requests))

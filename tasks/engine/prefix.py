@@ -5,6 +5,13 @@ So the tokens before p (the prefix) run through the model once per batch, and ev
 evaluation (each gradient step, point and anchor, every layer) runs only the tokens from p on
 plus the refusal phrase, attending to that cached prefix.
 
+Nor does it change anything at layers 0..L for the tree: its tokens there depend only on the
+prefix and the root's lower states. So, for the architectures `layer_stack` handles, the trees
+run through layers 0..L once per batch (no gradient), and every evaluation runs only layers
+L+1..N-1, the final norm and the head on the tree's states at L's output, with the root's
+replaced by h. Other architectures (and `skip_lower_layers=False`) run the whole stack with a
+hook that replaces L's output.
+
 The step's tokens form a tree (see `phrase_tree`): the phrases share their common first tokens,
 and one batch row holds a query's whole tree under a 4D attention mask.
 
@@ -22,6 +29,7 @@ from transformers import DynamicCache
 
 from refusal_atlas.tasks.model.chat import RenderedPrompt
 from refusal_atlas.tasks.model.hooks import edit_residual, replace_at
+from refusal_atlas.tasks.engine.layer_stack import LayerStack
 from refusal_atlas.tasks.engine.phrase_tree import StepTree, build_step_tree
 from refusal_atlas.tasks.engine.targets import RefusalTarget, combine_phrases, refusal_log_odds, score_dtype
 
@@ -43,7 +51,14 @@ class Evaluation:
 class PrefixBatch:
     """A batch of rendered prompts whose prefixes have run through the model once."""
 
-    def __init__(self, model: torch.nn.Module, rendered: Sequence[RenderedPrompt], target: RefusalTarget, pad_id: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        rendered: Sequence[RenderedPrompt],
+        target: RefusalTarget,
+        pad_id: int,
+        skip_lower_layers: bool = True,
+    ):
         self.model = model
         self.target = target
         self.pad_id = pad_id
@@ -56,6 +71,9 @@ class PrefixBatch:
         trees = [build_step_tree(r.input_ids[r.position:], target.token_ids) for r in rendered]
         self._tree = _TreeTensors(trees, self.device, pad_id)
         self.forward_passes = 1
+        # With a stack, steps run only the layers above L (None: full passes with a hook).
+        self._stack = LayerStack.of(model) if skip_lower_layers else None
+        self._below: dict[int, torch.Tensor] = {}  # layer L -> the trees' states at L's output [B, N, D]
 
     @property
     def batch_size(self) -> int:
@@ -88,9 +106,69 @@ class PrefixBatch:
     ) -> Evaluation:
         """f at Q queries: prompts[q] (batch index) with layer layers[q]'s output at h's position
         replaced by values[q] ([Q, D]); with values None the unmodified h is captured (h_0)."""
-        leaves: dict[int, torch.Tensor] = {}
         if values is not None:
             values = values.detach().to(self.dtype).requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            run = self._upper_pass if self._stack is not None else self._full_pass
+            logits, h, leaves, regroup = run(prompts, layers, values, grad)
+            log_probs = torch.log_softmax(logits.to(self.dtype), dim=-1)  # [Q, N, V]
+            f = combine_phrases(self._tree.phrase_log_probs(log_probs, prompts))  # [Q]
+        self.forward_passes += 1
+        rows = torch.arange(len(prompts), device=self.device)
+        reply = logits[rows, self._tree.reply_nodes[prompts]].detach()
+        log_odds = refusal_log_odds(reply, self.target.first_tokens)
+        gradient = regroup(torch.autograd.grad(f.sum(), leaves)) if grad else None
+        return Evaluation(f.detach(), None if gradient is None else gradient.detach(), h.detach(), log_odds)
+
+    def _upper_pass(self, prompts, layers, values, grad):
+        """Logits [Q, N, V] from layers L+1..N-1 only, on the tree's cached states at L's output.
+
+        Returns (logits, h [Q, D], the leaves to differentiate, a function from their gradients
+        to [Q, D]). With values None, h is the cached h_0 itself, made a leaf.
+        """
+        start = self._states_below(prompts, layers)  # [Q, N, D], each query's layer L output
+        if values is None:
+            values = start[:, 0].to(self.dtype).requires_grad_(grad)
+        rows = torch.arange(len(prompts), device=self.device)
+        hidden = replace_at(start, rows, torch.zeros_like(rows), values)
+        # The stack wants rows sorted by their first layer; it runs each from L + 1 to the top.
+        order = torch.argsort(layers, stable=True)
+        _, mask, positions = self._tree.inputs(prompts[order], self._prefix_mask, self.prefix_lens, self.model_dtype)
+        top, _ = self._stack.run(
+            hidden[order], layers[order] + 1, len(self._stack.layers), prompts[order], positions, mask, self._kv
+        )
+        logits = self._stack.logits(top)[torch.argsort(order)]
+        return logits, values, [values], lambda grads: grads[0]
+
+    def _states_below(self, prompts: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+        """Each query's tree states at the output of its layer L ([Q, N, D], no gradient).
+
+        They depend only on the prompt, so the embeddings and layers 0..L run once per batch
+        for all B prompts, the first time a layer is asked for.
+        """
+        missing = sorted({int(layer) for layer in layers.unique()} - set(self._below))
+        if missing:
+            everyone = torch.arange(self.batch_size, device=self.device)
+            ids, mask, positions = self._tree.inputs(everyone, self._prefix_mask, self.prefix_lens, self.model_dtype)
+            with torch.no_grad():
+                hidden = self._stack.embed(ids, positions)
+                starts = torch.zeros_like(everyone)
+                _, captured = self._stack.run(
+                    hidden, starts, missing[-1] + 1, everyone, positions, mask, self._kv, capture=missing
+                )
+            self._below.update(captured)
+            self.forward_passes += 1
+        shape = (len(prompts), *self._below[int(layers[0])].shape[1:])
+        out = torch.empty(shape, dtype=self.model_dtype, device=self.device)
+        for layer in layers.unique().tolist():
+            where = (layers == layer).nonzero().squeeze(-1)
+            out[where] = self._below[layer].index_select(0, prompts[where])
+        return out
+
+    def _full_pass(self, prompts, layers, values, grad):
+        """Logits [Q, N, V] from a full forward pass of the tree, with layer L's output at the
+        root replaced by a hook (for architectures `LayerStack` does not handle)."""
+        leaves: dict[int, torch.Tensor] = {}
         present = [int(layer) for layer in layers.unique()]
 
         def editor(layer: int):
@@ -107,7 +185,7 @@ class PrefixBatch:
             return edit
 
         ids, mask, positions = self._tree.inputs(prompts, self._prefix_mask, self.prefix_lens, self.model_dtype)
-        with torch.set_grad_enabled(grad), edit_residual(self.model, {layer: editor(layer) for layer in present}):
+        with edit_residual(self.model, {layer: editor(layer) for layer in present}):
             logits = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -115,20 +193,13 @@ class PrefixBatch:
                 cache=self._expanded_cache(prompts),
                 use_cache=True,
             ).logits
-            log_probs = torch.log_softmax(logits.to(self.dtype), dim=-1)  # [Q, N, V]
-            f = combine_phrases(self._tree.phrase_log_probs(log_probs, prompts))  # [Q]
-        self.forward_passes += 1
-        rows = torch.arange(len(prompts), device=self.device)
-        reply = logits[rows, self._tree.reply_nodes[prompts]].detach()
-        log_odds = refusal_log_odds(reply, self.target.first_tokens)
+        if values is not None:
+            return logits, values, [values], lambda grads: grads[0]
+        h = self._gather_leaves(leaves, layers)
+        def regroup(grads):
+            return self._gather_leaves(dict(zip(present, grads)), layers)
 
-        h = values if values is not None else self._gather_leaves(leaves, layers)
-        gradient = None
-        if grad:
-            inputs = [values] if values is not None else [leaves[layer] for layer in present]
-            grads = torch.autograd.grad(f.sum(), inputs)
-            gradient = grads[0] if values is not None else self._gather_leaves(dict(zip(present, grads)), layers)
-        return Evaluation(f.detach(), None if gradient is None else gradient.detach(), h.detach(), log_odds)
+        return logits, h, [leaves[layer] for layer in present], regroup
 
     @staticmethod
     def _gather_leaves(per_layer: dict[int, torch.Tensor], layers: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Run a slice of a causal LM's decoder layers by hand, on top of a cached prompt prefix.
+
+The engine's gradient steps replace layer L's output at one position, so the layers at or below
+L never change between steps. `LayerStack` lets the engine run the embeddings and layers
+0..L once per batch, and then only layers L+1..N-1 plus the final norm and the language-model
+head at every step. It calls each decoder block as the model's own forward does (transformers
+5.x), with the engine's additive 4D tree mask and a stand-in cache that prepends each row's
+prefix keys and values.
+
+Rows of one call may start at different layers (a batch mixes queries at several layers L).
+Rows are sorted by their first layer, so at layer i the rows that have started form a leading
+slice, and only that slice runs through layer i; the others wait at their starting state.
+
+Handled: llama and qwen2 (rotary position embeddings passed to every block, without sliding
+window layers) and gpt2 (learned position embeddings added at the input). Any other
+architecture gets None from `LayerStack.of`, and the engine falls back to full forward passes.
+
+Shapes: R rows, N tree nodes, T prefix length, D hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+_ROTARY_TYPES = ("llama", "qwen2")
+
+
+class _PrefixCache:
+    """Stands in for a transformers Cache inside the attention of a block: `update` returns the
+    keys and values of each row's cached prefix ([R, heads, T, hd]) followed by the row's own.
+
+    Nothing is stored back, so one set of prefix tensors serves every step of a batch.
+    """
+
+    def __init__(self, kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None):
+        self.kv = kv
+        self.prompts: torch.Tensor | None = None  # [R]: each active row's prompt, set per layer
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.kv is None:
+            return key_states, value_states
+        keys, values = self.kv[layer_idx]
+        return (
+            torch.cat([keys.index_select(0, self.prompts), key_states], dim=2),
+            torch.cat([values.index_select(0, self.prompts), value_states], dim=2),
+        )
+
+
+class LayerStack:
+    """The parts of a supported causal LM that the engine runs by hand."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        self.kind = kind
+        self.lm_head = model.lm_head
+        if kind == "gpt2":
+            body = model.transformer
+            self.layers, self.norm = body.h, body.ln_f
+            self._wte, self._wpe, self._drop = body.wte, body.wpe, body.drop
+        else:
+            body = model.model
+            self.layers, self.norm = body.layers, body.norm
+            self._embed, self._rotary = body.embed_tokens, body.rotary_emb
+
+    @classmethod
+    def of(cls, model: nn.Module) -> LayerStack | None:
+        """The stack of `model`, or None for architectures this module does not handle."""
+        config = getattr(model, "config", None)
+        kind = getattr(config, "model_type", None)
+        if kind == "gpt2" and hasattr(model, "transformer") and hasattr(model, "lm_head"):
+            return cls(model, kind)
+        if kind in _ROTARY_TYPES and hasattr(model, "model") and hasattr(model, "lm_head"):
+            # Sliding-window layers would need their own mask; leave them to the full path.
+            if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+                return None
+            return cls(model, kind)
+        return None
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering layer 0 ([R, N, D]) for token ids and positions [R, N]."""
+        if self.kind == "gpt2":
+            return self._drop(self._wte(ids) + self._wpe(positions))
+        return self._embed(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[R, N, V] from the last layer's output [R, N, D]."""
+        return self.lm_head(self.norm(hidden))
+
+    def run(
+        self,
+        hidden: torch.Tensor,
+        starts: torch.Tensor,
+        stop: int,
+        prompts: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
+        capture: Iterable[int] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run each row r through layers starts[r]..stop-1 and return the result [R, N, D].
+
+        hidden: [R, N, D], row r's input to layer starts[r]; starts: [R], sorted ascending (so
+        the rows that have started at any layer form a leading slice); prompts: [R], the prefix
+        each row attends to; positions: [R, N]; mask: additive [R, 1, N, T + N]. Returns also
+        the outputs of the layers in `capture` ([R, N, D], for rows that had started there).
+        """
+        starts_list = starts.tolist()
+        if starts_list != sorted(starts_list):
+            raise ValueError("rows must be sorted by their first layer")
+        wanted = set(capture)
+        cache = _PrefixCache(prefix_kv)
+        rotary = None if self.kind == "gpt2" else self._rotary(hidden, positions)  # (cos, sin) [R, N, hd]
+        captured: dict[int, torch.Tensor] = {}
+        first = min(starts_list, default=stop)
+        for i in range(first, stop):
+            # Rows whose first layer is at most i: a leading slice, because rows are sorted.
+            n = int((starts <= i).sum())
+            cache.prompts = prompts[:n]
+            kwargs = {"attention_mask": mask[:n], "cache": cache, "use_cache": True}
+            if rotary is not None:
+                kwargs.update(position_ids=positions[:n], position_embeddings=(rotary[0][:n], rotary[1][:n]))
+            out = self.layers[i](hidden[:n], **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            hidden = out if n == len(hidden) else torch.cat([out, hidden[n:]])
+            if i in wanted:
+                captured[i] = hidden
+        return hidden, captured
