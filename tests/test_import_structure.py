@@ -25,11 +25,24 @@ def _project_modules() -> dict[str, Path]:
     return {_module_name(p): p for top in LAYERS for p in (ROOT / top).rglob("*.py")}
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:` (imports for annotations only, which
+    never run and so can form no loop)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules that a file imports (the module itself for 'from package import name'
-    when name is a submodule)."""
+    """The project modules that a file imports at run time (the module itself for 'from package
+    import name' when name is a submodule)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
