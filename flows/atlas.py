@@ -8,6 +8,7 @@ chosen per run from the settings, including runs started from a deployment in th
 # No `from __future__ import annotations` here: Prefect resolves the flow's parameter type
 # (AtlasSettings) from its annotation, also in processes that unpickle the flow (Flow.serve).
 import sys
+from collections import Counter
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
@@ -23,7 +24,14 @@ from tqdm import tqdm
 
 from refusal_atlas.storage import STATUS_DONE, AtlasStore
 from refusal_atlas.storage.lease import run_lease
-from refusal_atlas.tasks.steps.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
+from refusal_atlas.tasks.steps.prefect_tasks import (
+    cluster,
+    concept_vectors,
+    evaluate_and_report,
+    extract_prompt,
+    register_prompts,
+    write_blocks,
+)
 from refusal_atlas.tasks.steps.registration import Registration
 from refusal_atlas.tasks.settings import AtlasSettings
 
@@ -47,15 +55,20 @@ def task_runner(settings: AtlasSettings):
 @flow(name="extract-directions")
 def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str, fingerprint: str,
                        rows: list[int], gradient_rows: list[int]) -> dict:
-    """One task per prompt row; a progress artifact and bar follow them as they finish."""
+    """One task per prompt row; a progress artifact and bar follow them as they finish.
+
+    Tasks stage their rows; a block is written (``write_blocks``) as soon as this run's rows in it
+    have all finished, and rows a killed earlier run had staged are written before anything else.
+    """
     logger = get_run_logger()
+    write_blocks(store_uri, store_uuid, None)
     store = AtlasStore.open(store_uri)
     stored = store.read_rows(rows, ("prompt_id", "text_sha256", "status"))
     walk = set(gradient_rows)
     # A row the store does not hold as done is computed whatever Prefect's cache says: a cache
     # record can outlive its row (one that `refusal-atlas inspect --repair` marked pending).
     done = stored["status"] == STATUS_DONE
-    futures = []
+    futures, future_rows = [], []
     for mapped, picked in ((extract_prompt, done), (extract_prompt.with_options(refresh_cache=True), ~done)):
         at = [i for i in range(len(rows)) if picked[i]]
         if not at:
@@ -72,6 +85,9 @@ def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str,
             directions=unmapped(settings.directions),
             engine=unmapped(settings.engine),
         )
+        future_rows += [rows[i] for i in at]
+    block_of = {id(f): row // store.block_rows for f, row in zip(futures, future_rows)}
+    unfinished = Counter(block_of.values())
     progress = create_progress_artifact(0.0, description=f"Prompts with directions in {store_uri}")
     # computed: run now; cached: Prefect's cache answered; stored: the store already had the row.
     counts = {"computed": 0, "cached": 0, "stored": 0, "failed": 0}
@@ -90,8 +106,13 @@ def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str,
                 failures.append({"task_run": str(future.task_run_id), "reason": state.message or state.name})
                 logger.warning("a prompt failed: %s", state.message)
             bar.update(1)
+            block = block_of[id(future)]
+            unfinished[block] -= 1
+            if unfinished[block] == 0:
+                write_blocks(store_uri, store_uuid, [block])
             if finished % step == 0 or finished == len(futures):
                 update_progress_artifact(progress, 100.0 * finished / len(futures))
+    write_blocks(store_uri, store_uuid, None)  # anything staged but not yet written (none, normally)
     logger.info("directions: %(computed)d computed, %(cached)d cached, %(stored)d already stored, %(failed)d failed", counts)
     return {**counts, "total": len(futures), "failures": failures}
 

@@ -74,7 +74,7 @@ def test_an_unwritable_store_path_is_a_clear_error_naming_it(prefect_harness, ti
     blocker.write_text("a file where the store's parent directory should be\n")
     store = blocker / "atlas.zarr"
     with pytest.raises(StoreError, match="cannot create or write the atlas store at") as caught:
-        AtlasStore.create_or_open(store, store_support.make_spec())
+        AtlasStore.create_or_open(store, store_support.make_spec(), block_rows=store_support.BLOCK)
     assert str(blocker) in str(caught.value) and "directory you can write to" in str(caught.value)
 
     files = support.sources(tmp_path, 4, 2)
@@ -90,10 +90,10 @@ def test_a_store_whose_creation_fails_part_way_is_not_left_half_made(tmp_path):
     denied = FaultyDisk(store, after=5, code=errno.EACCES)
     with denied.installed():  # five metadata writes land, then every write is refused
         with pytest.raises(StoreError, match=f"cannot create or write the atlas store at {store}"):
-            AtlasStore.create_or_open(store, store_support.make_spec())
+            AtlasStore.create_or_open(store, store_support.make_spec(), block_rows=store_support.BLOCK)
     assert denied.count > 5 and denied.refused >= 1, "the fault did not strike during creation"
     assert not store.exists(), "a half-made store was left behind"
-    created = AtlasStore.create_or_open(store, store_support.make_spec())
+    created = AtlasStore.create_or_open(store, store_support.make_spec(), block_rows=store_support.BLOCK)
     assert created.n_rows == 0 and created.store_uuid
 
 
@@ -153,7 +153,7 @@ def _split(order: list[int], sizes: list[int]) -> list[list[int]]:
 def test_a_disk_that_fills_at_any_chunk_write_loses_no_finished_row(batches, fault_at):
     n_rows, order = batches
     with tempfile.TemporaryDirectory() as tmp:
-        store = AtlasStore.create_or_open(f"{tmp}/atlas.zarr", store_support.make_spec())
+        store = AtlasStore.create_or_open(f"{tmp}/atlas.zarr", store_support.make_spec(), block_rows=store_support.BLOCK)
         store.register_prompts(store_support.records(n_rows))
         finished: list[int] = []
         struck: list[int] = []

@@ -123,7 +123,8 @@ def register(settings: AtlasSettings, engine: DirectionEngine) -> Registration:
         fingerprint=engine.loaded.fingerprint,
         layers=list(engine.layers),
         prompts=tasks,
-        new=store.n_rows - before,
+        # New prompts always get rows past the old end (each registration starts a new block).
+        new=sum(1 for row in set(rows.values()) if row >= before),
         read_summary=prompts.report.summary(),
     )
 
