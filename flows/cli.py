@@ -178,6 +178,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from refusal_atlas.storage.migrate import migrate
+
+    counts = migrate(args.old, args.new, args.block_rows)
+    print(f"migrated {counts['prompts']} prompts ({counts['done']} done, {counts['failed']} failed) into "
+          f"{counts['store']} in blocks of {counts['block_rows']} rows; {args.old} is unchanged. The next "
+          "run on the new store computes only what is missing, and its concept vectors and clusters.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refusal-atlas",
@@ -197,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Verify, then mark the rows of damaged chunks for recomputation and remove damaged "
                          "groups, so that the next run computes them again.")
     inspect.set_defaults(func=_cmd_inspect)
+    migrate = commands.add_parser("migrate", help="Copy a store of the first layout (one chunk per row) "
+                                  "into a new store in blocks of rows.")
+    migrate.add_argument("old", help="The old store (read only).")
+    migrate.add_argument("new", help="Path of the new store (must not exist).")
+    migrate.add_argument("--block-rows", type=int, default=None,
+                         help="Rows per block (default: chosen from the row size, 512 for the default model).")
+    migrate.set_defaults(func=_cmd_migrate)
     from refusal_atlas.flows import organism_cli as organism_command
     from refusal_atlas.flows import serve as serve_command
 

@@ -17,7 +17,7 @@ The store is one Zarr v3 group::
     concept/   Option 2 (concept.py)    clusters/<name>/  clustering runs (clusters.py)
 
 Every per-prompt array is chunked in *blocks* of ``block_rows`` prompt rows (recorded in the
-provenance; 256 by default) and never sharded. A block's chunks have one writer at a time (the
+provenance; 512 for the default model, see ``default_block_rows``) and never sharded. A block's chunks have one writer at a time (the
 block writer, blocks.py), so concurrent writers of different blocks touch disjoint chunk objects
 and need no lock. Registration starts new prompts at the next block boundary, so appending
 prompts only adds chunks and never rewrites one. Unwritten float data reads as NaN.
@@ -33,11 +33,13 @@ from dataclasses import dataclass
 
 # Bump when the layout changes incompatibly; opening a store with another version is an error.
 SCHEMA_VERSION = 2
-# Rows per block when the creator does not choose. 256 rows of the default model (3 layers x 576
-# float32) make 1.8 MB chunks of the four hidden-size arrays: large enough that per-chunk
-# overhead is a few percent of a write or read, small enough that a block's compute (about 256
-# prompt-seconds) is a modest loss of ordering latency; BENCHMARKS.md has the measurements.
-DEFAULT_BLOCK_ROWS = 256
+# Rows per block when the creator does not choose: the power of two in 64..1024 whose largest
+# chunk ([rows, layer, hidden] float32) is nearest BLOCK_BYTES. Measured (BENCHMARKS.md), write
+# and read rates grow with the block (each chunk costs a fixed overhead), while a bigger block
+# means more compute lost to a repair of one damaged chunk and a later first write; 4 MiB gives
+# 512 rows for the default model (3 layers x 576), 64 for a 4096-wide model at 3 layers.
+BLOCK_BYTES = 4 * 2**20
+MIN_DEFAULT_BLOCK_ROWS, MAX_DEFAULT_BLOCK_ROWS = 64, 1024
 MAX_BLOCK_ROWS = 65_536
 # The root attribute key that holds the provenance dictionary.
 ATTRS_KEY = "refusal_atlas"
@@ -188,6 +190,15 @@ def create_array(
         attributes=attributes,
         overwrite=overwrite,
     )
+
+
+def default_block_rows(n_layers: int, hidden_size: int) -> int:
+    """Rows per block for a store of ``n_layers`` x ``hidden_size`` float32 rows (see above)."""
+    import math
+
+    rows = BLOCK_BYTES / (4 * max(1, n_layers) * max(1, hidden_size))
+    power = 2 ** round(math.log2(max(rows, 1)))
+    return int(min(MAX_DEFAULT_BLOCK_ROWS, max(MIN_DEFAULT_BLOCK_ROWS, power)))
 
 
 def check_block_rows(block_rows: int) -> int:

@@ -17,7 +17,6 @@ from refusal_atlas.storage.errors import StoreSchemaError
 from refusal_atlas.storage.layout import (
     ATTRS_KEY,
     CLUSTERS_GROUP,
-    DEFAULT_BLOCK_ROWS,
     LAYER_COORD,
     PENDING_GROUP,
     PER_PROMPT,
@@ -27,7 +26,7 @@ from refusal_atlas.storage.spec import StoreSpec, check_compatible, read_provena
 from refusal_atlas.storage.uri import StoreLocation
 
 
-def ensure_store(location: StoreLocation, spec: StoreSpec, block_rows: int = DEFAULT_BLOCK_ROWS) -> None:
+def ensure_store(location: StoreLocation, spec: StoreSpec, block_rows: int) -> None:
     """Create the store from ``spec`` if there is none, else check it matches ``spec``.
 
     Caller holds the run lock. The provenance attributes are written last, so a creation that

@@ -95,6 +95,7 @@ class PromptIndex:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.rows: dict[str, int] = {}
+        self.ids: dict[int, str] = {}  # the reverse lookup, row -> id
         self.vacant: list[int] = []
         self.n_read = 0
 
@@ -117,6 +118,7 @@ class PromptIndex:
         for row, prompt_id in zip(rows, ids):
             if prompt_id:
                 self.rows[prompt_id] = row
+                self.ids[row] = prompt_id
             else:
                 vacant.append(row)
         self.vacant = vacant
@@ -137,6 +139,7 @@ class PromptIndex:
         with self.lock:
             gone = set(rows)
             self.rows = {i: r for i, r in self.rows.items() if r not in gone}
+            self.ids = {r: i for i, r in self.rows.items()}
             self.vacant = sorted(set(self.vacant) | {r for r in gone if r < self.n_read})
 
     def add(self, ids: list[str], rows: list[int], n_rows: int) -> None:
@@ -146,6 +149,7 @@ class PromptIndex:
             skipped = range(self.n_read, rows[0] if rows else n_rows)
             self.vacant = sorted(set(self.vacant) | set(skipped))
             self.rows.update(zip(ids, rows))
+            self.ids.update(zip(rows, ids))
             self.n_read = n_rows
 
 

@@ -23,12 +23,12 @@ from refusal_atlas.storage.errors import StoreError, unwritable_message
 from refusal_atlas.storage.integrity import VerifyReport, locate, verify_store
 from refusal_atlas.storage.blocks import block_locks
 from refusal_atlas.storage.layout import (
-    DEFAULT_BLOCK_ROWS,
     PER_PROMPT,
     ROW_DATA_NAMES,
     STATUS_DONE,
     STATUS_FAILED,
     check_block_rows,
+    default_block_rows,
     sizes_for,
 )
 from refusal_atlas.storage.lock import run_lock
@@ -57,11 +57,12 @@ class AtlasStore(StoreResults, RowWrites):
     # ----- opening -------------------------------------------------------------------------
 
     @classmethod
-    def create_or_open(cls, uri: str | os.PathLike, spec: StoreSpec, *, block_rows: int = DEFAULT_BLOCK_ROWS,
+    def create_or_open(cls, uri: str | os.PathLike, spec: StoreSpec, *, block_rows: int | None = None,
                        lock_timeout: float = 30.0) -> AtlasStore:
         """Open the store at ``uri`` for writing, creating it from ``spec`` if there is none.
 
-        A new store keeps rows in blocks of ``block_rows``; an existing one keeps its own.
+        A new store keeps rows in blocks of ``block_rows`` (default: ``layout.default_block_rows``
+        for the spec's row size); an existing one keeps its own.
 
         An existing store must match ``spec`` (model fingerprint, position, layers, method);
         otherwise ``StoreMismatchError`` says what differs. A newer schema: ``StoreSchemaError``.
@@ -73,6 +74,8 @@ class AtlasStore(StoreResults, RowWrites):
                 # to remove again if creating it fails part way: nothing is left half made.
                 fresh = location.local_path is not None and not location.local_path.exists()
                 try:
+                    if block_rows is None:
+                        block_rows = default_block_rows(len(spec.layers), spec.hidden_size)
                     ensure_store(location, spec, check_block_rows(block_rows))
                 except BaseException:
                     if fresh:
@@ -194,11 +197,15 @@ class AtlasStore(StoreResults, RowWrites):
     def prompt_ids(self, rows: Iterable[int] | None = None) -> np.ndarray:
         """Prompt id of each row (all rows by default), object [n]; '' for a vacant row."""
         self._update_index()
+        if rows is not None:
+            # A few rows (a task's own) must not cost a pass over every prompt of the store.
+            ids = self._index.ids
+            return np.asarray([ids.get(int(r), "") for r in rows] + [""], dtype=object)[:-1]
         by_row = np.full(self.n_rows, "", dtype=object)
         for prompt_id, row in self._index.rows.items():
             if row < by_row.size:
                 by_row[row] = prompt_id
-        return by_row if rows is None else by_row[np.asarray(list(rows), dtype=np.int64)]
+        return by_row
 
     # ----- row writes and status -----------------------------------------------------------
 

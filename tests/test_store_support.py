@@ -146,6 +146,15 @@ def write_until_killed(uri: str, reports: str) -> None:
         time.sleep(0.02)
 
 
+def stage_until_killed(uri: str, reports: str) -> None:
+    """Stage rows 0, 1, 2, ... as per-prompt tasks do, reporting each staged row, until killed."""
+    store = AtlasStore.open(uri, mode="r+")
+    for row in range(store.n_rows):
+        store.stage_row(row, row_values(row))
+        report(reports, row)
+        time.sleep(0.02)
+
+
 def write_then_hang_before_done(uri: str, row: int, reports: str) -> None:
     """Write ``row``'s data through the real path, then hang where the done flag would be set."""
     from zarr.core.array import AsyncArray
