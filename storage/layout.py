@@ -54,9 +54,9 @@ ZSTD_LEVEL = 3
 
 CONCEPT_GROUP = "concept"
 CLUSTERS_GROUP = "clusters"
-# Rows computed but not yet written into their block, one small .npz file each (pending.py).
+# Rows computed but not yet written into their block, one small .row file each (pending.py).
 PENDING_GROUP = "pending"
-PENDING_DOC = ("rows computed but not yet written into their block: r<row>.npz each, gathered by the "
+PENDING_DOC = ("rows computed but not yet written into their block: r<row>.row each, gathered by the "
                "block writer (refusal_atlas.storage.pending)")
 # Option 2 directions are written by one writer at once, so many rows share a chunk.
 CONCEPT_ROWS_PER_CHUNK = 256

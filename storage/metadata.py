@@ -70,7 +70,7 @@ def consolidate(store) -> None:
         # zarr warns that consolidated metadata is not part of the v3 spec yet; only zarr-python
         # and xarray read it back here, and both understand it.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        # The pending group holds .npz row files, which are no zarr objects; zarr says so per file.
+        # The pending group holds .row files, which are no zarr objects; zarr says so per file.
         warnings.filterwarnings("ignore", message="Object at pending", category=UserWarning)
         zarr.consolidate_metadata(store)
 

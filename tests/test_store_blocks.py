@@ -60,7 +60,7 @@ def test_stale_foreign_and_failed_staged_rows(tmp_path):
     store.stage_row(1, support.row_values(1))
     store.stage_failure(2, "the prompt is too long")
     path = tmp_path / "atlas.zarr" / "pending"
-    (path / "r3.npz").write_bytes(b"half a file")
+    (path / "r3.row").write_bytes(b"half a file")
     assert store.write_pending() == {"written": 1, "failed": 1, "dropped": 2}
     assert store.status()[:4].tolist() == [STATUS_DONE, STATUS_DONE, STATUS_FAILED, 0]
     assert store.errors() == {2: "the prompt is too long"} and store.staged_rows().size == 0

@@ -1,7 +1,7 @@
 """One prompt's row: ask the process's engine for its directions and stage them in the store.
 
 The store keeps rows in blocks with one writer each, so a per-prompt task does not write its
-block: it stages its row (``pending/r<row>.npz``, kept even if the run is killed), and the flow's
+block: it stages its row (``pending/r<row>.row``, kept even if the run is killed), and the flow's
 block writer (``write_blocks``) gathers a block once its rows have finished. A row that is
 already done or staged is not computed again (the store is the record of what exists, whatever
 Prefect's cache holds), and a row that fails is staged as failed with its reason, never done, so
