@@ -1,16 +1,20 @@
-"""Atlas store throughput: writing and reading N rows of L layers x H float32 (like ``direction``)
-through the store's row API, its batched ``write_rows`` and its Dask read path, against
-``numpy.save``/``numpy.load`` of the same array in the same run; and stored size against raw size.
+"""Atlas store throughput: the block layout against the first layout (one chunk per row), side by
+side in one run, writing and reading N rows of L layers x H float32 (like ``direction``).
 
     python benchmarks/bench_store.py [--rows 10000] [--layers 3] [--hidden 576] [--repeats 3]
+    python benchmarks/bench_store.py --rows 1000000 --only-new --repeats 1   # scale
 
-Each figure is the median over the repeats; every write repeat starts from a fresh store.
+The first layout is no longer in the store's code; ``old_layout_*`` below rebuild it with zarr
+directly, as that code did (every per-prompt array chunked one row per chunk, a prompt table of
+six string arrays, status pending -> data and error -> status done, issued as one zarr call per
+array over all rows; Dask reads 256 rows per task). Each figure is the median over the repeats;
+every write repeat starts from a fresh store. Beyond ``--in-memory`` rows, data is generated and
+written a batch at a time and the read is streamed (a Dask sum over the rows, not a gather).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import statistics
@@ -21,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from refusal_atlas.storage import AtlasStore, StoreSpec  # noqa: E402
+from refusal_atlas.storage import AtlasStore, StoreSpec
+from refusal_atlas.storage.layout import PER_PROMPT, PROMPT_TABLE, default_block_rows, sizes_for
 
 
 def _spec(layers: int, hidden: int) -> StoreSpec:
@@ -44,22 +47,93 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _fresh_store(root: Path, name: str, n: int, spec: StoreSpec, record) -> AtlasStore:
-    """A new store with ``n`` registered prompts; the registration is timed too."""
+def _directions(start: int, stop: int, layers: int, hidden: int) -> np.ndarray:
+    """Unit directions [stop - start, layers, hidden] float32, the same for the same rows."""
+    rng = np.random.default_rng(start)
+    data = rng.standard_normal((stop - start, layers, hidden)).astype(np.float32)
+    return data / np.linalg.norm(data, axis=-1, keepdims=True)
+
+
+def _records(n: int) -> list[dict]:
+    return [{"id": f"p{i:07d}", "text": f"prompt {i}", "label": "harmful"} for i in range(n)]
+
+
+# ----- the first layout, rebuilt with zarr directly ---------------------------------------------
+
+def old_layout_write(path: Path, data: np.ndarray, spec: StoreSpec, record) -> None:
+    """Create a one-row-per-chunk store, register ``len(data)`` prompts and write ``direction``."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    n = len(data)
+    root = zarr.open_group(path, mode="w")
+    sizes = sizes_for(0, len(spec.layers), spec.hidden_size)
+    arrays = {a.name: root.create_array(
+        a.name, shape=a.shape(sizes), chunks=a.chunks(sizes, 1), dtype=str if a.is_string else a.dtype,
+        fill_value=a.fill_value, dimension_names=a.dims, compressors=ZstdCodec(level=3)) for a in PER_PROMPT}
+
+    def register() -> None:
+        for array in arrays.values():
+            array.resize((n, *array.shape[1:]))
+        records = _records(n)
+        for a in PROMPT_TABLE:
+            key = "id" if a.name == "prompt_id" else a.name
+            arrays[a.name][:] = np.asarray([r.get(key, "") for r in records], dtype=object)
+
+    def write() -> None:
+        arrays["status"][:] = np.zeros(n, np.int8)
+        arrays["direction"][:] = data
+        arrays["error"][:] = np.full(n, "", dtype=object)
+        arrays["status"][:] = np.ones(n, np.int8)
+
+    record("old: register prompts, all in one call", _timed(register))
+    record("old: write rows, all in one call", _timed(write))
+
+
+def old_layout_read(path: Path, out: dict) -> None:
+    """The first layout's Dask read of the done directions (256 rows per Dask task)."""
+    import dask.array as da
+    import zarr
+
+    root = zarr.open_group(path, mode="r")
+    done = np.flatnonzero(root["status"][:] == 1)
+    lazy = da.from_array(root["direction"], chunks=(256, *root["direction"].shape[1:]), name=False)
+    out["old"] = (lazy if done.size == lazy.shape[0] else lazy[done]).compute()
+
+
+# ----- the block layout --------------------------------------------------------------------------
+
+def new_write(root: Path, name: str, n: int, args, spec: StoreSpec, record, data=None) -> AtlasStore:
+    """A fresh block store with ``n`` prompts and their directions; registration and the write
+    are timed (``data`` None: generated and written one batch of blocks at a time)."""
     path = root / name
     shutil.rmtree(path, ignore_errors=True)
-    store = AtlasStore.create_or_open(str(path), spec)
-    prompts = [{"id": f"p{i:06d}", "text": f"prompt {i}", "label": "harmful"} for i in range(n)]
-    record("store.register_prompts, all in one call", _timed(lambda: store.register_prompts(prompts)))
+    store = AtlasStore.create_or_open(str(path), spec, block_rows=args.block)
+    record("new: register prompts, all in one call", _timed(lambda: store.register_prompts(_records(n))))
+    if data is not None:
+        record("new: write_rows, all rows in one call",
+               _timed(lambda: store.write_rows(range(n), {"direction": data})))
+        return store
+    step, total = args.block * 64, 0.0
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        batch = _directions(start, stop, args.layers, args.hidden)
+        total += _timed(lambda: store.write_rows(range(start, stop), {"direction": batch}))
+    record(f"new: write_rows, {step} rows a call", total)
     return store
 
 
-def _cold_index(store: AtlasStore) -> None:
-    """What a fresh process pays on its first ``row_of``: reading every prompt id."""
-    from refusal_atlas.storage import prompts
-
-    prompts._indexes.clear()
-    AtlasStore.open(store.uri).row_of("p000000")
+def new_stage_and_gather(root: Path, data: np.ndarray, args, spec: StoreSpec, record) -> None:
+    """The pipeline's path: every row staged on its own (as per-prompt tasks do), then gathered."""
+    path = root / "staged.zarr"
+    shutil.rmtree(path, ignore_errors=True)
+    store = AtlasStore.create_or_open(str(path), spec, block_rows=args.block)
+    store.register_prompts(_records(len(data)))
+    n = len(data)
+    record(f"new: stage_row, one row a call ({n:,} rows)", _timed(
+        lambda: [store.stage_row(r, {"direction": data[r]}) for r in range(n)]), n)
+    record(f"new: write_pending, gather the {n:,} staged rows", _timed(store.write_pending), n)
+    assert store.done_rows().size == len(data)
 
 
 def main() -> None:
@@ -68,74 +142,81 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=256, help="rows per write_rows call")
+    parser.add_argument("--block", type=int, default=None,
+                        help="rows per block of the new layout (default: the store's default for the row size)")
+    parser.add_argument("--only-new", action="store_true", help="skip the first layout (for large N)")
+    parser.add_argument("--in-memory", type=int, default=100_000,
+                        help="up to this many rows, hold all data in memory and read it back whole")
+    parser.add_argument("--stage-rows", type=int, default=2000,
+                        help="rows sent through the per-row staging path (0: skip it)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
 
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv))
     n, spec = args.rows, _spec(args.layers, args.hidden)
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal((n, args.layers, args.hidden)).astype(np.float32)
-    data /= np.linalg.norm(data, axis=-1, keepdims=True)  # unit directions, as stored
-    raw_mb = data.nbytes / 1e6
-    print(f"{n} rows x {args.layers} layers x {args.hidden} float32 = {raw_mb:.1f} MB raw; "
-          f"{os.cpu_count()} CPUs; median of {args.repeats} repeats\n")
-
+    whole = n <= args.in_memory
+    data = _directions(0, n, args.layers, args.hidden) if whole else None
+    raw_mb = n * args.layers * args.hidden * 4 / 1e6
+    args.block = args.block or default_block_rows(args.layers, args.hidden)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    print(f"{n} rows x {args.layers} layers x {args.hidden} float32 = {raw_mb:.1f} MB raw; blocks of "
+          f"{args.block} rows; load average at start {load}; median of {args.repeats} repeats\n")
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-store-"))
     root.mkdir(parents=True, exist_ok=True)
     times: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
 
-    def record(label: str, seconds: float) -> None:
+    def record(label: str, seconds: float, rows: int = n) -> None:
         times.setdefault(label, []).append(seconds)
+        counts[label] = rows
 
     for _ in range(args.repeats):
-        npy = root / "direction.npy"
-        record("numpy.save (one file)", _timed(lambda: np.save(npy, data)))
-        record("numpy.load (one file)", _timed(lambda: np.load(npy)))
+        if whole:
+            npy = root / "direction.npy"
+            record("numpy.save (one file)", _timed(lambda: np.save(npy, data)))
+            record("numpy.load (one file)", _timed(lambda: np.load(npy)))
+        if not args.only_new:
+            shutil.rmtree(root / "old.zarr", ignore_errors=True)
+            old_layout_write(root / "old.zarr", data, spec, record)
+            out: dict = {}
+            record("old: Dask read of the done directions", _timed(lambda: old_layout_read(root / "old.zarr", out)))
+            assert np.array_equal(out["old"], data)
+        store = new_write(root, "new.zarr", n, args, spec, record, data)
+        reader = AtlasStore.open(store.uri)
+        if whole:
+            got: dict = {}
+            record("new: Dask read of the done directions", _timed(
+                lambda: got.setdefault("x", reader.dask_array("direction").compute())))
+            assert np.array_equal(got["x"], data), "read back differs from what was written"
+            if args.stage_rows:
+                new_stage_and_gather(root, data[: args.stage_rows], args, spec, record)
+        else:
+            record("new: Dask read of the done directions (streamed sum)", _timed(
+                lambda: reader.dask_array("direction").sum(axis=0).compute()))
+        record("new: of which store.status() (done flags)", _timed(reader.status))
 
-        store = _fresh_store(root, "rows.zarr", n, spec, record)
-        record("store.write_row, one row a call",
-               _timed(lambda: [store.write_row(r, {"direction": data[r]}) for r in range(n)]))
-
-        store = _fresh_store(root, "batched.zarr", n, spec, record)
-        b = args.batch
-        record(f"store.write_rows, {b} rows a call", _timed(
-            lambda: [store.write_rows(range(s, min(s + b, n)), {"direction": data[s:s + b]})
-                     for s in range(0, n, b)]))
-
-        store = _fresh_store(root, "bulk.zarr", n, spec, record)
-        record("store.write_rows, all rows in one call",
-               _timed(lambda: store.write_rows(range(n), {"direction": data})))
-
-        reader = AtlasStore.open(str(root / "bulk.zarr"))
-        out = {}
-        record("store.dask_array(done rows).compute()",
-               _timed(lambda: out.setdefault("x", reader.dask_array("direction").compute())))
-        assert np.array_equal(out["x"], data), "read back differs from what was written"
-        record("  of which store.status() (done flags)", _timed(reader.status))
-        record("open + prompt id index (row_of, new process)", _timed(lambda: _cold_index(reader)))
-        sample = range(0, n, max(1, n // 1000))
-        record(f"store.read_rows, one row a call ({len(sample)} rows)", _timed(
-            lambda: [reader.read_rows([r], ["direction"]) for r in sample]))
-
-    # MB/s only where the 'direction' data itself moves; other rows move ids or flags.
-    moves_data = ("numpy", "write_row", "dask_array", "read_rows")
-    print(f"| {'operation':<46} | {'median s':>9} | {'rows/s':>9} | {'MB/s':>7} |")
-    print(f"|{'-' * 48}|{'-' * 11}|{'-' * 11}|{'-' * 9}|")
+    moves_data = ("numpy", "write", "read", "stage", "gather")
+    print(f"| {'operation':<54} | {'median s':>9} | {'rows/s':>10} | {'MB/s':>7} |")
+    print(f"|{'-' * 56}|{'-' * 11}|{'-' * 12}|{'-' * 9}|")
+    rates = {}
     for label, values in times.items():
-        median = statistics.median(values)
-        rows = len(range(0, n, max(1, n // 1000))) if "read_rows" in label else n
-        speed = f"{raw_mb * rows / n / median:>7.1f}" if any(k in label for k in moves_data) else f"{'-':>7}"
-        print(f"| {label:<46} | {median:>9.3f} | {rows / median:>9.0f} | {speed} |")
+        median, rows = statistics.median(values), counts[label]
+        rates[label] = rows / median
+        mb = raw_mb * rows / n
+        speed = f"{mb / median:>7.1f}" if any(k in label for k in moves_data) else f"{'-':>7}"
+        print(f"| {label:<54} | {median:>9.3f} | {rows / median:>10,.0f} | {speed} |")
     print()
-    npy_size = (root / "direction.npy").stat().st_size
-    print(f"numpy .npy file: {npy_size / 1e6:.1f} MB for {raw_mb:.1f} MB raw")
-    print("stored sizes (bytes in the files / bytes the filesystem allocates, 4 KiB blocks):")
-    for label, path in (("direction", "bulk.zarr/direction"), ("status", "bulk.zarr/status"),
-                        ("prompt_id", "bulk.zarr/prompt_id"), ("whole store", "bulk.zarr")):
-        files, used, allocated = _sizes(root / path)
-        print(f"  {label:<12} {files:>6} files  {used / 1e6:>7.1f} MB  ({used / data.nbytes:>6.1%} of raw)"
-              f"  allocated {allocated / 1e6:>7.1f} MB")
+    if not args.only_new:
+        write = rates["new: write_rows, all rows in one call"] / rates["old: write rows, all in one call"]
+        read = rates["new: Dask read of the done directions"] / rates["old: Dask read of the done directions"]
+        print(f"new / old: writes {write:.1f}x, Dask read {read:.1f}x\n")
+    print("stored (bytes in the files / bytes the filesystem allocates):")
+    stores = [("new", "new.zarr")] + ([] if args.only_new else [("old", "old.zarr")])
+    for side, name in stores:
+        for label, sub in (("direction", "direction"), ("whole store", "")):
+            files, used, allocated = _sizes(root / name / sub)
+            print(f"  {side} {label:<12} {files:>9,} files  {used / 1e6:>9.1f} MB ({used / raw_mb / 1e6:>6.1%} of "
+                  f"raw direction data)  allocated {allocated / 1e6:>9.1f} MB")
     if args.dir is None:
         shutil.rmtree(root, ignore_errors=True)
 

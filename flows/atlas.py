@@ -8,6 +8,7 @@ chosen per run from the settings, including runs started from a deployment in th
 # No `from __future__ import annotations` here: Prefect resolves the flow's parameter type
 # (AtlasSettings) from its annotation, also in processes that unpickle the flow (Flow.serve).
 import sys
+from collections import Counter
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger, unmapped
@@ -22,9 +23,16 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from refusal_atlas.storage import AtlasStore
+from refusal_atlas.storage import STATUS_DONE, AtlasStore
 from refusal_atlas.storage.lease import run_lease
-from refusal_atlas.tasks.steps.prefect_tasks import cluster, concept_vectors, evaluate_and_report, extract_prompt, register_prompts
+from refusal_atlas.tasks.steps.prefect_tasks import (
+    cluster,
+    concept_vectors,
+    evaluate_and_report,
+    extract_prompt,
+    register_prompts,
+    write_blocks,
+)
 from refusal_atlas.tasks.steps.registration import PromptTask, Registration
 from refusal_atlas.tasks.settings import AtlasSettings
 
@@ -48,16 +56,24 @@ def task_runner(settings: AtlasSettings):
 @flow(name="extract-directions")
 def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str, fingerprint: str,
                        prompts: list[dict]) -> dict:
-    """One task per prompt (``PromptTask`` fields, as registration computed them); a progress
-    artifact and bar follow them as they finish."""
+    """One task per prompt (``PromptTask`` fields: the id and text hash as registration computed
+    them, passed forward); a progress artifact and bar follow them as they finish.
+
+    Tasks stage their rows; a block is written (``write_blocks``) as soon as this run's rows in it
+    have all finished, and rows a killed earlier run had staged are written before anything else.
+    """
     logger = get_run_logger()
     work = [PromptTask(**p) for p in prompts]
-    futures = []
-    # A row the store did not hold as done at registration is computed whatever Prefect's cache
-    # says: a cache record can outlive its row (one that `refusal-atlas inspect --repair` marked
-    # pending).
+    write_blocks(store_uri, store_uuid, None)
+    store = AtlasStore.open(store_uri)
+    # Status, unlike identity, changes under the run: the gather above may just have written rows
+    # that a killed run had staged. A row the store does not hold as done is computed whatever
+    # Prefect's cache says: a cache record can outlive its row (one that `refusal-atlas inspect
+    # --repair` marked pending).
+    done = store.read_rows([p.row for p in work], ("status",))["status"] == STATUS_DONE
+    futures, future_rows = [], []
     for mapped, picked in ((extract_prompt, True), (extract_prompt.with_options(refresh_cache=True), False)):
-        batch = [p for p in work if p.done is picked]
+        batch = [p for p, is_done in zip(work, done) if bool(is_done) is picked]
         if not batch:
             continue
         futures += mapped.map(
@@ -72,6 +88,9 @@ def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str,
             directions=unmapped(settings.directions),
             engine=unmapped(settings.engine),
         )
+        future_rows += [p.row for p in batch]
+    block_of = {id(f): row // store.block_rows for f, row in zip(futures, future_rows)}
+    unfinished = Counter(block_of.values())
     progress = create_progress_artifact(0.0, description=f"Prompts with directions in {store_uri}")
     # computed: run now; cached: Prefect's cache answered; stored: the store already had the row.
     counts = {"computed": 0, "cached": 0, "stored": 0, "failed": 0}
@@ -90,8 +109,13 @@ def extract_directions(settings: AtlasSettings, store_uri: str, store_uuid: str,
                 failures.append({"task_run": str(future.task_run_id), "reason": state.message or state.name})
                 logger.warning("a prompt failed: %s", state.message)
             bar.update(1)
+            block = block_of[id(future)]
+            unfinished[block] -= 1
+            if unfinished[block] == 0:
+                write_blocks(store_uri, store_uuid, [block])
             if finished % step == 0 or finished == len(futures):
                 update_progress_artifact(progress, 100.0 * finished / len(futures))
+    write_blocks(store_uri, store_uuid, None)  # anything staged but not yet written (none, normally)
     logger.info("directions: %(computed)d computed, %(cached)d cached, %(stored)d already stored, %(failed)d failed", counts)
     return {**counts, "total": len(futures), "failures": failures}
 

@@ -98,13 +98,17 @@ def _kept(store_uri: str) -> str:
     from refusal_atlas.storage import STATUS_DONE, AtlasStore
 
     try:
-        status = AtlasStore.open(store_uri).status()
+        store = AtlasStore.open(store_uri)
+        status, registered = store.status(), store.prompt_ids() != ""
+        staged = store.staged_rows().size
     except FileNotFoundError:
         return f"Nothing was written to {store_uri} yet."
     except Exception as err:  # noqa: BLE001 - the message must still be printed
         return f"The store {store_uri} could not be read to count its rows ({err})."
-    done = int((status == STATUS_DONE).sum())
-    return f"The store {store_uri} keeps the {done} of its {status.size} rows that are done."
+    done = int((status[registered] == STATUS_DONE).sum())
+    # Staged rows were computed but their block was not written yet; the rerun writes them first.
+    more = f", and {staged} computed rows staged for writing" if staged else ""
+    return f"The store {store_uri} keeps the {done} of its {int(registered.sum())} rows that are done{more}."
 
 
 def explain(err: BaseException, store_uri: str) -> Failure | None:

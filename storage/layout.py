@@ -16,9 +16,14 @@ The store is one Zarr v3 group::
     best_layer [prompt]                 int16    most effective model layer (-1 unknown)
     concept/   Option 2 (concept.py)    clusters/<name>/  clustering runs (clusters.py)
 
-Every per-prompt array is chunked one prompt row per chunk and never sharded: concurrent writers
-then touch disjoint chunk objects, and appending prompts only adds chunks. Unwritten float data
-reads as NaN.
+Every per-prompt array is chunked in *blocks* of ``block_rows`` prompt rows (recorded in the
+provenance; 512 for the default model, see ``default_block_rows``) and never sharded. A block's chunks have one writer at a time (the
+block writer, blocks.py), so concurrent writers of different blocks touch disjoint chunk objects
+and need no lock. Registration starts new prompts at the next block boundary, so appending
+prompts only adds chunks and never rewrites one. Unwritten float data reads as NaN.
+
+Schema history: version 1 chunked one row per chunk (6 files per prompt); version 2 has blocks.
+A version-1 store is refused with the command that copies it into this layout (migrate.py).
 """
 
 from __future__ import annotations
@@ -26,8 +31,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Bump when the layout changes incompatibly; opening a store with a newer version is an error.
-SCHEMA_VERSION = 1
+# Bump when the layout changes incompatibly; opening a store with another version is an error.
+SCHEMA_VERSION = 2
+# Rows per block when the creator does not choose: the power of two in 64..1024 whose largest
+# chunk ([rows, layer, hidden] float32) is nearest BLOCK_BYTES. Measured (BENCHMARKS.md), write
+# and read rates grow with the block (each chunk costs a fixed overhead), while a bigger block
+# means more compute lost to a repair of one damaged chunk and a later first write; 4 MiB gives
+# 512 rows for the default model (3 layers x 576), 64 for a 4096-wide model at 3 layers.
+BLOCK_BYTES = 4 * 2**20
+MIN_DEFAULT_BLOCK_ROWS, MAX_DEFAULT_BLOCK_ROWS = 64, 1024
+MAX_BLOCK_ROWS = 65_536
 # The root attribute key that holds the provenance dictionary.
 ATTRS_KEY = "refusal_atlas"
 
@@ -41,6 +54,10 @@ ZSTD_LEVEL = 3
 
 CONCEPT_GROUP = "concept"
 CLUSTERS_GROUP = "clusters"
+# Rows computed but not yet written into their block, one small .row file each (pending.py).
+PENDING_GROUP = "pending"
+PENDING_DOC = ("rows computed but not yet written into their block: r<row>.row each, gathered by the "
+               "block writer (refusal_atlas.storage.pending)")
 # Option 2 directions are written by one writer at once, so many rows share a chunk.
 CONCEPT_ROWS_PER_CHUNK = 256
 
@@ -175,13 +192,30 @@ def create_array(
     )
 
 
-def create_root_arrays(root, n_layers: int, hidden_size: int, layers) -> None:
+def default_block_rows(n_layers: int, hidden_size: int) -> int:
+    """Rows per block for a store of ``n_layers`` x ``hidden_size`` float32 rows (see above)."""
+    import math
+
+    rows = BLOCK_BYTES / (4 * max(1, n_layers) * max(1, hidden_size))
+    power = 2 ** round(math.log2(max(rows, 1)))
+    return int(min(MAX_DEFAULT_BLOCK_ROWS, max(MIN_DEFAULT_BLOCK_ROWS, power)))
+
+
+def check_block_rows(block_rows: int) -> int:
+    """``block_rows`` as an int, after checking it is a usable block size."""
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or not 1 <= block_rows <= MAX_BLOCK_ROWS:
+        raise ValueError(f"block_rows must be an integer in 1..{MAX_BLOCK_ROWS}, not {block_rows!r}")
+    return block_rows
+
+
+def create_root_arrays(root, n_layers: int, hidden_size: int, layers, block_rows: int) -> None:
     """Create every root array with zero prompt rows (``overwrite``: a retried creation)."""
     import numpy as np
 
     sizes = sizes_for(0, n_layers, hidden_size)
     for layout in PER_PROMPT:
         coords = "" if layout.name in {a.name for a in PROMPT_TABLE} else "prompt_id"
-        create_array(root, layout, sizes, coordinates=coords, overwrite=True)
+        create_array(root, layout, sizes, rows_per_chunk=block_rows, coordinates=coords, overwrite=True)
     create_array(root, LAYER_COORD, sizes, overwrite=True)[...] = np.asarray(layers, np.int32)
     root.require_group(CLUSTERS_GROUP)
+    root.require_group(PENDING_GROUP).attrs["description"] = PENDING_DOC

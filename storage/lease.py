@@ -1,9 +1,9 @@
 """The run lease: one pipeline run at a time computes on a store; a second one refuses.
 
-Two runs on one store could not corrupt its rows (each row is its own chunk, written data first
-and done flag last, and registration is serialised by the run lock in lock.py), but they would
-compute the same rows twice, flip each other's done rows back to pending while rewriting them,
-and replace each other's concept and cluster groups under a reader. So a run takes this lease
+Two runs on one store would both be block writers, and a block must have one writer at a time
+(blocks.py: a block is read, merged and written back whole, so one run's write could undo the
+other's). They would also compute the same rows twice, flip each other's done rows back to
+pending while rewriting them, and replace each other's concept and cluster groups under a reader. So a run takes this lease
 after registering its prompts (which is safe at any time) and holds it until it ends; a second
 run finds it taken and stops with ``StoreLockedError`` naming the holder. Its own new prompts
 stay registered, pending, and the next run computes them.

@@ -1,6 +1,6 @@
 """The store's run lock: one registering (resizing) writer at a time.
 
-Row writes need no lock (each row is its own chunk). Registration resizes every per-prompt array
+Row writes need no lock (each block of rows has one writer, blocks.py). Registration resizes every per-prompt array
 and must be single-writer. Within one process a re-entrant thread lock per store location
 serialises callers. Across processes on a local filesystem, an ``fcntl.flock`` on the file
 ``<store>.lock`` next to the store directory (inside it, zarr would warn about a stray object)

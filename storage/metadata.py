@@ -14,12 +14,19 @@ import uuid
 import warnings
 
 from refusal_atlas.storage.errors import StoreSchemaError
-from refusal_atlas.storage.layout import ATTRS_KEY, CLUSTERS_GROUP, LAYER_COORD, PER_PROMPT, create_root_arrays
+from refusal_atlas.storage.layout import (
+    ATTRS_KEY,
+    CLUSTERS_GROUP,
+    LAYER_COORD,
+    PENDING_GROUP,
+    PER_PROMPT,
+    create_root_arrays,
+)
 from refusal_atlas.storage.spec import StoreSpec, check_compatible, read_provenance
 from refusal_atlas.storage.uri import StoreLocation
 
 
-def ensure_store(location: StoreLocation, spec: StoreSpec) -> None:
+def ensure_store(location: StoreLocation, spec: StoreSpec, block_rows: int) -> None:
     """Create the store from ``spec`` if there is none, else check it matches ``spec``.
 
     Caller holds the run lock. The provenance attributes are written last, so a creation that
@@ -37,8 +44,8 @@ def ensure_store(location: StoreLocation, spec: StoreSpec) -> None:
         return
     _check_new_location(location)
     root = zarr.open_group(store, mode="a", use_consolidated=False)
-    create_root_arrays(root, len(spec.layers), spec.hidden_size, spec.layers)
-    root.attrs[ATTRS_KEY] = spec.provenance(str(uuid.uuid4()))
+    create_root_arrays(root, len(spec.layers), spec.hidden_size, spec.layers, block_rows)
+    root.attrs[ATTRS_KEY] = spec.provenance(str(uuid.uuid4()), block_rows)
 
 
 def _check_new_location(location: StoreLocation) -> None:
@@ -46,7 +53,7 @@ def _check_new_location(location: StoreLocation) -> None:
     path = location.local_path
     if path is None or not path.is_dir():
         return
-    known = {"zarr.json", CLUSTERS_GROUP} | {a.name for a in (*PER_PROMPT, LAYER_COORD)}
+    known = {"zarr.json", CLUSTERS_GROUP, PENDING_GROUP} | {a.name for a in (*PER_PROMPT, LAYER_COORD)}
     stray = sorted(set(os.listdir(path)) - known)
     if stray:
         raise StoreSchemaError(
@@ -63,6 +70,8 @@ def consolidate(store) -> None:
         # zarr warns that consolidated metadata is not part of the v3 spec yet; only zarr-python
         # and xarray read it back here, and both understand it.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # The pending group holds .row files, which are no zarr objects; zarr says so per file.
+        warnings.filterwarnings("ignore", message="Object at pending", category=UserWarning)
         zarr.consolidate_metadata(store)
 
 

@@ -1,8 +1,9 @@
 """Prompt records as the store takes them, and the cached prompt id -> row lookup.
 
-Reading the ``prompt_id`` array costs one chunk read per row (one row per chunk), so the lookup
-is built once per process and store, kept in a module-level cache keyed by the store's URI and
-UUID, and extended by reading only the rows appended since (rows are only ever appended).
+Reading the ``prompt_id`` array costs one chunk read per block, but decoding the strings still
+costs per row, so the lookup is built once per process and store, kept in a module-level cache
+keyed by the store's URI and UUID, and extended by reading only the rows appended since (rows are
+only ever appended).
 """
 
 from __future__ import annotations
@@ -85,13 +86,16 @@ def unique_records(records: Iterable) -> list[PromptRecord]:
 class PromptIndex:
     """prompt id -> row, for rows ``[0, n_read)`` of the ``prompt_id`` array.
 
-    Rows whose id is '' are *vacant*: a registration that was interrupted after growing the
-    arrays but before writing the ids leaves them, and the next registration fills them first.
+    Rows whose id is '' are *vacant*: the rest of a block that a registration did not fill, rows
+    that a registration in progress (or one that was interrupted) has grown but not yet named, and
+    rows that a repair vacated. They are re-read on a miss (another process may be registering
+    into them right now) but never handed out again: new prompts always start a new block.
     """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.rows: dict[str, int] = {}
+        self.ids: dict[int, str] = {}  # the reverse lookup, row -> id
         self.vacant: list[int] = []
         self.n_read = 0
 
@@ -114,21 +118,20 @@ class PromptIndex:
         for row, prompt_id in zip(rows, ids):
             if prompt_id:
                 self.rows[prompt_id] = row
+                self.ids[row] = prompt_id
             else:
                 vacant.append(row)
         self.vacant = vacant
 
-    def assign(self, count: int, n_rows: int) -> tuple[list[int], list[int], int]:
-        """Rows for ``count`` new prompts: vacant rows first, then rows appended after ``n_rows``.
+    def assign(self, count: int, n_rows: int, block_rows: int) -> tuple[list[int], int]:
+        """Rows for ``count`` new prompts, from the first block boundary at or after ``n_rows``.
 
-        Rows between ``n_read`` and ``n_rows`` (arrays grown by an interrupted registration
-        whose ids were never written) count as vacant too. Returns (rows, rows still vacant,
-        new row count).
+        New prompts never go into a block that already has rows (not even vacant ones: filling
+        them would rewrite that block's chunks, which appends must leave untouched). Returns
+        (rows, new row count).
         """
-        free = self.vacant + list(range(self.n_read, n_rows))
-        reused, still_vacant = free[:count], free[count:]
-        appended = list(range(n_rows, n_rows + count - len(reused)))
-        return reused + appended, still_vacant, n_rows + len(appended)
+        start = -(-n_rows // block_rows) * block_rows
+        return list(range(start, start + count)), start + count
 
     def vacate(self, rows: list[int]) -> None:
         """Forget the ids of ``rows`` (cleared in the store) and offer the rows to the next
@@ -136,25 +139,30 @@ class PromptIndex:
         with self.lock:
             gone = set(rows)
             self.rows = {i: r for i, r in self.rows.items() if r not in gone}
+            self.ids = {r: i for i, r in self.rows.items()}
             self.vacant = sorted(set(self.vacant) | {r for r in gone if r < self.n_read})
 
-    def add(self, ids: list[str], rows: list[int], vacant: list[int], n_rows: int) -> None:
-        """Record a finished registration (the results of ``assign``)."""
+    def add(self, ids: list[str], rows: list[int], n_rows: int) -> None:
+        """Record a finished registration (the results of ``assign``); rows skipped before it
+        (the rest of the last block, or rows grown by an interrupted registration) are vacant."""
         with self.lock:
+            skipped = range(self.n_read, rows[0] if rows else n_rows)
+            self.vacant = sorted(set(self.vacant) | set(skipped))
             self.rows.update(zip(ids, rows))
-            self.vacant = list(vacant)
+            self.ids.update(zip(rows, ids))
             self.n_read = n_rows
 
 
-def append_prompts(arrays: Mapping[str, object], index: PromptIndex, new: list[PromptRecord]) -> None:
-    """Give ``new`` (records not in ``index``) rows and write their prompt table entries.
+def append_prompts(arrays: Mapping[str, object], index: PromptIndex, new: list[PromptRecord],
+                   block_rows: int) -> None:
+    """Give ``new`` (records not in ``index``) rows in new blocks and write their table entries.
 
     Caller holds the run lock. Order: grow every per-prompt array with one resize each (only
     metadata is written; no existing chunk is touched), write the table columns of the new rows,
     write their ids last (a row is registered once its id is there), then update the index.
     """
     n_max = max(arrays[a.name].shape[0] for a in PER_PROMPT)
-    rows, vacant, n_new = index.assign(len(new), n_max)
+    rows, n_new = index.assign(len(new), n_max, block_rows)
     growing = [arrays[a.name] for a in PER_PROMPT if arrays[a.name].shape[0] < n_new]
 
     async def resize_all() -> None:
@@ -175,7 +183,7 @@ def append_prompts(arrays: Mapping[str, object], index: PromptIndex, new: list[P
     run_sync(write_runs([(arrays[k], np.asarray(v, dtype=object)) for k, v in columns.items()], runs))
     ids = [r.id for r in new]
     run_sync(write_runs([(arrays["prompt_id"], np.asarray(ids, dtype=object))], runs))
-    index.add(ids, rows.tolist(), vacant, n_new)
+    index.add(ids, rows.tolist(), n_new)
 
 
 _cache_guard = threading.Lock()

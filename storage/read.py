@@ -1,7 +1,9 @@
 """Lazy views of the store: Dask arrays and xarray Datasets of the (done) prompt rows.
 
-Dask chunks are ``rows_per_chunk`` rows (a multiple of the one-row zarr chunks), so a graph over
-10,000 prompts has tens of tasks rather than 10,000. String arrays come back as Python objects.
+Dask chunks are ``rows_per_chunk`` rows, a whole number of the store's blocks, so each Dask task
+reads whole chunks with one zarr call (a graph over 10,000 prompts has about ten tasks, and no
+Python runs per row); the done rows are then picked with one vectorised take per Dask chunk.
+String arrays come back as Python objects.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from refusal_atlas.storage.integrity import CheckedArray
 from refusal_atlas.storage.layout import LAYER, PROMPT, PROMPT_TABLE, ROW_DATA, ROW_STATE
 
 
-def dask_rows(array, rows: np.ndarray | None, rows_per_chunk: int = 256, uri: str = "", arrays=None):
+def dask_rows(array, rows: np.ndarray | None, rows_per_chunk: int = 1024, uri: str = "", arrays=None,
+              block_rows: int | None = None):
     """``array`` as a Dask array; if ``rows`` is given, only those rows of the prompt axis.
 
     A chunk that does not decode raises ``StoreCorruptError`` naming the store ``uri``, the array
-    and (given the store's ``arrays``, for one-row chunks) the row.
+    and (given the store's ``arrays`` and ``block_rows``) the block and its rows.
     """
     import dask.array as da
 
@@ -28,7 +31,7 @@ def dask_rows(array, rows: np.ndarray | None, rows_per_chunk: int = 256, uri: st
         chunks = (max(1, rows_per_chunk), *array.shape[1:])
     # name=False gives the graph a random name: dask cannot hash the wrapper cheaply, and the
     # name needs only to be unique.
-    lazy = da.from_array(CheckedArray(array, uri, array.path, arrays), chunks=chunks, name=False)
+    lazy = da.from_array(CheckedArray(array, uri, array.path, arrays, block_rows), chunks=chunks, name=False)
     if rows is not None and not (rows.size == array.shape[0] and np.array_equal(rows, np.arange(rows.size))):
         lazy = lazy[rows]
     if lazy.dtype.kind == "T":
@@ -46,6 +49,7 @@ def prompt_dataset(
     rows_per_chunk: int,
     attrs: Mapping[str, Any],
     uri: str = "",
+    block_rows: int | None = None,
 ):
     """Dataset [prompt, layer, hidden] of ``rows``: data and status as variables; prompt_id,
     the prompt table and the store row (``prompt``) as coordinates; ``layer`` = model layers."""
@@ -54,7 +58,7 @@ def prompt_dataset(
     def var(name: str):
         array = arrays[name]
         dims = tuple(array.metadata.dimension_names)
-        return xr.Variable(dims, dask_rows(array, rows, rows_per_chunk, uri, arrays),
+        return xr.Variable(dims, dask_rows(array, rows, rows_per_chunk, uri, arrays, block_rows),
                            attrs={"description": array.attrs.get("description", "")})
 
     coords = {

@@ -78,14 +78,16 @@ class StoreResults:
 
     # ----- reading -------------------------------------------------------------------------
 
-    def to_xarray(self, done_only: bool = True, rows_per_chunk: int = 256):
-        """The per-prompt arrays as an ``xarray.Dataset`` backed by Dask (see read.py)."""
+    def to_xarray(self, done_only: bool = True, rows_per_chunk: int | None = None):
+        """The per-prompt arrays as an ``xarray.Dataset`` backed by Dask (see read.py); a Dask
+        chunk is ``rows_per_chunk`` rows rounded to whole blocks (default: 4 blocks)."""
         status = self.status()
         rows = np.flatnonzero(status == STATUS_DONE) if done_only else np.arange(status.size)
         return _read.prompt_dataset(self._arrays, rows, self.layers, self.prompt_ids(),
-                                    rows_per_chunk, {ATTRS_KEY: self.provenance}, self.uri)
+                                    self._dask_rows(rows_per_chunk), {ATTRS_KEY: self.provenance},
+                                    self.uri, self.block_rows)
 
-    def dask_array(self, name: str, done_only: bool = True, rows_per_chunk: int = 256):
+    def dask_array(self, name: str, done_only: bool = True, rows_per_chunk: int | None = None):
         """One array (e.g. "direction" or "concept/direction") as a Dask array.
 
         Per-prompt arrays are cut to the registered rows, and to the done rows if ``done_only``.
@@ -94,7 +96,13 @@ class StoreResults:
         rows = None
         if array.metadata.dimension_names[:1] == (PROMPT,) and "/" not in name:
             rows = self.done_rows() if done_only else np.arange(self.n_rows)
-        return _read.dask_rows(array, rows, rows_per_chunk, self.uri, self._arrays)
+        return _read.dask_rows(array, rows, self._dask_rows(rows_per_chunk), self.uri, self._arrays,
+                               self.block_rows)
+
+    def _dask_rows(self, rows_per_chunk: int | None) -> int:
+        """Rows per Dask chunk: whole blocks, so that no block is read by two Dask tasks."""
+        wanted = rows_per_chunk or 4 * self.block_rows
+        return max(1, -(-wanted // self.block_rows)) * self.block_rows
 
     def consolidate(self) -> None:
         """Write consolidated metadata (one read opens the store), e.g. at the end of a run.

@@ -1,17 +1,7 @@
-"""Writing whole prompt rows: data first, the done flag last, many chunks at once.
+"""Row-level helpers: checking row data, runs of consecutive rows, and zarr's event loop.
 
-A row is one chunk of every per-prompt array, so writing N rows of A arrays is N * A chunk
-writes. Issued one by one through zarr's synchronous API each costs a round trip to zarr's event
-loop; here rows are grouped into runs of consecutive rows and every (array, run) write is issued
-concurrently on that loop. Chunks stay one row each, so concurrent writers of disjoint rows still
-never touch the same object.
-
-The order that makes a row trustworthy is kept per batch:
-
-1. status := pending for every row in the batch (a rewrite of a done row stops counting as done
-   before any of its data changes, so a crash mid-rewrite never leaves a done row of mixed data);
-2. every data array, and error := '';
-3. status := done, only after every write of step 2 has finished.
+Writes of row data go through the block writer (blocks.py); this module checks what is written
+and writes runs of consecutive rows that begin new blocks (prompt registration, prompts.py).
 """
 
 from __future__ import annotations
@@ -21,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from refusal_atlas.storage.layout import BY_NAME, ROW_DATA_NAMES, STATUS_DONE, STATUS_FAILED, STATUS_PENDING
+from refusal_atlas.storage.layout import BY_NAME, ROW_DATA_NAMES
 
 # At most this many chunk-run writes in flight at once: enough to hide file or network latency
 # without opening thousands of connections against an object store.
@@ -90,30 +80,3 @@ async def write_runs(
             for first, last, start, stop in runs
         )
     )
-
-
-async def set_status(status_array, runs: list[tuple[int, int, int, int]], code: int) -> None:
-    """Set the status of every row in ``runs`` to ``code`` (one write per run)."""
-    n = runs[-1][3] if runs else 0
-    await write_runs([(status_array, np.full(n, code, dtype=np.int8))], runs)
-
-
-async def write_rows_async(
-    rows: np.ndarray,
-    data: Mapping[str, tuple[object, np.ndarray]],
-    status_array,
-    error_array,
-) -> None:
-    """Write sorted, unique ``rows``: status pending, then data and cleared errors, then done."""
-    runs = contiguous_runs(rows)
-    await set_status(status_array, runs, STATUS_PENDING)
-    cleared = np.full(rows.size, "", dtype=object)
-    await write_runs([*data.values(), (error_array, cleared)], runs)
-    await set_status(status_array, runs, STATUS_DONE)
-
-
-async def mark_failed_async(rows: np.ndarray, reasons: np.ndarray, status_array, error_array) -> None:
-    """Record why rows failed, then set their status to failed (never done)."""
-    runs = contiguous_runs(rows)
-    await write_runs([(error_array, reasons)], runs)
-    await set_status(status_array, runs, STATUS_FAILED)

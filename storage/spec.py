@@ -90,10 +90,11 @@ class StoreSpec:
             "method": dict(self.method),
         }
 
-    def provenance(self, store_uuid: str) -> dict[str, Any]:
-        """The root attributes of a new store made from this spec."""
+    def provenance(self, store_uuid: str, block_rows: int) -> dict[str, Any]:
+        """The root attributes of a new store made from this spec, in blocks of ``block_rows``."""
         return {
             "schema_version": SCHEMA_VERSION,
+            "block_rows": int(block_rows),
             "store_uuid": store_uuid,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **self.to_json(),
@@ -144,6 +145,15 @@ def read_provenance(root_attrs: Mapping[str, Any], uri: str) -> dict[str, Any]:
             "give a new path for a new store"
         )
     version = attrs.get("schema_version")
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        # Version 1 kept one row per chunk; reading it through the block code would treat every
+        # row as a block of one and writing it would break the one-writer-per-block rule.
+        raise StoreSchemaError(
+            f"{uri} has store schema_version {version} (one chunk per prompt row), but this "
+            f"refusal-atlas writes schema version {SCHEMA_VERSION} (rows in blocks). Copy it into "
+            f"the new layout with `refusal-atlas migrate {uri} NEW_PATH` (the old store is only "
+            "read), then use NEW_PATH; or keep using the refusal-atlas that wrote it"
+        )
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise StoreSchemaError(
             f"{uri} has store schema_version {version!r}, but this refusal-atlas reads schema "

@@ -1,9 +1,11 @@
 """``AtlasStore``: open or create an atlas store, register prompts, write rows, read them back.
 
-Concurrency model: any number of threads or processes may write *disjoint* rows at once with no
-lock (every per-prompt array has one row per chunk and no shards). Registering prompts grows the
-arrays and is single-writer: it takes the store's run lock (lock.py). Group-level writes
-(concept vectors, cluster runs) take the run lock too and are marked complete last (groups.py).
+Concurrency model: rows are stored in blocks (layout.py), and each block has one writer at a
+time: threads of a process are serialised per block, processes write disjoint blocks, and
+per-prompt tasks anywhere stage their rows for one block writer to gather (writes.py). No lock is
+needed for rows. Registering prompts grows the arrays and is single-writer: it takes the store's
+run lock (lock.py). Group-level writes (concept vectors, cluster runs) take the run lock too and
+are marked complete last (groups.py).
 """
 
 from __future__ import annotations
@@ -19,23 +21,26 @@ import numpy as np
 
 from refusal_atlas.storage.errors import StoreError, unwritable_message
 from refusal_atlas.storage.integrity import VerifyReport, locate, verify_store
+from refusal_atlas.storage.blocks import block_locks
 from refusal_atlas.storage.layout import (
     PER_PROMPT,
     ROW_DATA_NAMES,
     STATUS_DONE,
     STATUS_FAILED,
+    check_block_rows,
+    default_block_rows,
     sizes_for,
 )
 from refusal_atlas.storage.lock import run_lock
 from refusal_atlas.storage.metadata import ensure_store, reconsolidate_if_present
 from refusal_atlas.storage.prompts import append_prompts, shared_index, unique_records
 from refusal_atlas.storage.results import StoreResults
-from refusal_atlas.storage.rowio import check_row_data, mark_failed_async, run_sync, write_rows_async
 from refusal_atlas.storage.spec import StoreSpec, canonical_json, read_provenance
 from refusal_atlas.storage.uri import StoreLocation, parse_location
+from refusal_atlas.storage.writes import RowWrites
 
 
-class AtlasStore(StoreResults):
+class AtlasStore(StoreResults, RowWrites):
     """One atlas store. Make it with ``create_or_open`` (pipelines) or ``open`` (readers)."""
 
     def __init__(self, location: StoreLocation, mode: str) -> None:
@@ -47,12 +52,17 @@ class AtlasStore(StoreResults):
         self.provenance = read_provenance(self._root.attrs, location.uri)
         self.spec = StoreSpec.from_attrs(self.provenance)
         self._index = shared_index(location.uri, self.store_uuid)
+        self._block_locks = block_locks(location.uri, self.store_uuid)
 
     # ----- opening -------------------------------------------------------------------------
 
     @classmethod
-    def create_or_open(cls, uri: str | os.PathLike, spec: StoreSpec, *, lock_timeout: float = 30.0) -> AtlasStore:
+    def create_or_open(cls, uri: str | os.PathLike, spec: StoreSpec, *, block_rows: int | None = None,
+                       lock_timeout: float = 30.0) -> AtlasStore:
         """Open the store at ``uri`` for writing, creating it from ``spec`` if there is none.
+
+        A new store keeps rows in blocks of ``block_rows`` (default: ``layout.default_block_rows``
+        for the spec's row size); an existing one keeps its own.
 
         An existing store must match ``spec`` (model fingerprint, position, layers, method);
         otherwise ``StoreMismatchError`` says what differs. A newer schema: ``StoreSchemaError``.
@@ -64,7 +74,9 @@ class AtlasStore(StoreResults):
                 # to remove again if creating it fails part way: nothing is left half made.
                 fresh = location.local_path is not None and not location.local_path.exists()
                 try:
-                    ensure_store(location, spec)
+                    if block_rows is None:
+                        block_rows = default_block_rows(len(spec.layers), spec.hidden_size)
+                    ensure_store(location, spec, check_block_rows(block_rows))
                 except BaseException:
                     if fresh:
                         shutil.rmtree(location.local_path, ignore_errors=True)
@@ -106,6 +118,11 @@ class AtlasStore(StoreResults):
     @property
     def store_uuid(self) -> str:
         return self.provenance["store_uuid"]
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per block: one chunk of every per-prompt array (recorded when the store was made)."""
+        return int(self.provenance["block_rows"])
 
     @property
     def layers(self) -> np.ndarray:
@@ -150,7 +167,7 @@ class AtlasStore(StoreResults):
             self._update_index(recheck_vacant=True)
             new = [r for r in records if r.id not in self._index.rows]
             if new:
-                append_prompts(self._arrays, self._index, new)
+                append_prompts(self._arrays, self._index, new, self.block_rows)
                 self._reconsolidate()
         return {r.id: self._index.rows[r.id] for r in records}
 
@@ -180,39 +197,17 @@ class AtlasStore(StoreResults):
     def prompt_ids(self, rows: Iterable[int] | None = None) -> np.ndarray:
         """Prompt id of each row (all rows by default), object [n]; '' for a vacant row."""
         self._update_index()
+        if rows is not None:
+            # A few rows (a task's own) must not cost a pass over every prompt of the store.
+            ids = self._index.ids
+            return np.asarray([ids.get(int(r), "") for r in rows] + [""], dtype=object)[:-1]
         by_row = np.full(self.n_rows, "", dtype=object)
         for prompt_id, row in self._index.rows.items():
             if row < by_row.size:
                 by_row[row] = prompt_id
-        return by_row if rows is None else by_row[np.asarray(list(rows), dtype=np.int64)]
+        return by_row
 
     # ----- row writes and status -----------------------------------------------------------
-
-    def write_row(self, row: int, arrays: Mapping[str, Any]) -> None:
-        """Write one row's data (``{name: values}`` of that row's shape), then mark it done."""
-        self.write_rows([row], {k: np.asarray(v)[np.newaxis] for k, v in arrays.items()})
-
-    def write_rows(self, rows: Iterable[int], arrays: Mapping[str, Any]) -> None:
-        """Write many rows at once: ``arrays[name]`` is [len(rows), *row shape] in ``rows`` order.
-
-        Names are those of ``layout.ROW_DATA``. Every row's data is written before any row of
-        the batch is marked done; chunks are written concurrently, one chunk per row.
-        """
-        self._writable()
-        rows = self._checked_rows(rows)
-        checked = check_row_data(rows, arrays, self._sizes(), self.spec.layers)
-        order = np.argsort(rows)
-        data = {name: (self._arrays[name], values[order]) for name, values in checked.items()}
-        run_sync(write_rows_async(rows[order], data, self._arrays["status"], self._arrays["error"]))
-
-    def mark_failed(self, row: int, reason: str) -> None:
-        """Mark a row failed (status 2) with the reason; it is never done until rewritten."""
-        self._writable()
-        if not isinstance(reason, str) or not reason:
-            raise ValueError("give the reason the row failed as a non-empty string")
-        rows = self._checked_rows([row])
-        run_sync(mark_failed_async(rows, np.asarray([reason], dtype=object),
-                                   self._arrays["status"], self._arrays["error"]))
 
     def _checked_rows(self, rows: Iterable[int], unique: bool = True) -> np.ndarray:
         """``rows`` as int64 [n], each a registered row (re-reading the shapes once if not)."""
@@ -245,13 +240,14 @@ class AtlasStore(StoreResults):
 
     @contextlib.contextmanager
     def _reading(self, names: Iterable[str], rows: Iterable[int] | None = None) -> Iterator[None]:
-        """Turn a chunk that does not decode into ``StoreCorruptError`` naming its array and row."""
+        """Turn a chunk that does not decode into ``StoreCorruptError`` naming its array and block."""
         try:
             yield
         except StoreError:
             raise
         except Exception as err:
-            found = locate(self.uri, self._arrays, names, range(self.n_rows) if rows is None else rows)
+            found = locate(self.uri, self._arrays, names, range(self.n_rows) if rows is None else rows,
+                           self.block_rows)
             if found is None:
                 raise
             raise found from err

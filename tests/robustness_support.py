@@ -71,11 +71,16 @@ def summary_counts(output: str) -> dict[str, int]:
 
 
 def done_rows(store: Path) -> int:
-    """How many rows of the store are done now (0 while it does not exist or is being made)."""
+    """How many rows of the store are kept now: done, or computed and staged for their block
+    (the next run writes staged rows without computing them); 0 while the store does not exist
+    or is being made."""
+    import numpy as np
+
     from refusal_atlas.storage import AtlasStore
 
     try:
-        return int(AtlasStore.open(str(store)).done_rows().size)
+        opened = AtlasStore.open(str(store))
+        return int(np.union1d(opened.done_rows(), opened.staged_rows()).size)
     except Exception:  # noqa: BLE001 - not created yet, or mid-creation
         return 0
 

@@ -117,7 +117,7 @@ def test_every_prefect_task_persists_its_result_as_json(prefect_harness, tiny_mo
     from refusal_atlas.tasks.steps import prefect_tasks
 
     tasks = {name: obj for name, obj in vars(prefect_tasks).items() if isinstance(obj, Task)}
-    assert len(tasks) == 5, sorted(tasks)
+    assert len(tasks) == 6, sorted(tasks)  # write_blocks is the sixth
     for name, task in tasks.items():
         assert task.result_serializer == "json", f"{name} persists with {task.result_serializer!r}"
     from refusal_atlas.flows import organism

@@ -74,7 +74,7 @@ def test_an_unwritable_store_path_is_a_clear_error_naming_it(prefect_harness, ti
     blocker.write_text("a file where the store's parent directory should be\n")
     store = blocker / "atlas.zarr"
     with pytest.raises(StoreError, match="cannot create or write the atlas store at") as caught:
-        AtlasStore.create_or_open(store, store_support.make_spec())
+        AtlasStore.create_or_open(store, store_support.make_spec(), block_rows=store_support.BLOCK)
     assert str(blocker) in str(caught.value) and "directory you can write to" in str(caught.value)
 
     files = support.sources(tmp_path, 4, 2)
@@ -90,10 +90,10 @@ def test_a_store_whose_creation_fails_part_way_is_not_left_half_made(tmp_path):
     denied = FaultyDisk(store, after=5, code=errno.EACCES)
     with denied.installed():  # five metadata writes land, then every write is refused
         with pytest.raises(StoreError, match=f"cannot create or write the atlas store at {store}"):
-            AtlasStore.create_or_open(store, store_support.make_spec())
+            AtlasStore.create_or_open(store, store_support.make_spec(), block_rows=store_support.BLOCK)
     assert denied.count > 5 and denied.refused >= 1, "the fault did not strike during creation"
     assert not store.exists(), "a half-made store was left behind"
-    created = AtlasStore.create_or_open(store, store_support.make_spec())
+    created = AtlasStore.create_or_open(store, store_support.make_spec(), block_rows=store_support.BLOCK)
     assert created.n_rows == 0 and created.store_uuid
 
 
@@ -104,32 +104,34 @@ def test_a_store_whose_creation_fails_part_way_is_not_left_half_made(tmp_path):
 def test_a_full_disk_mid_run_keeps_the_done_rows_and_the_rerun_computes_the_rest(prefect_harness, tiny_model_dir,
                                                                                   tmp_path, capsys):
     store = tmp_path / "atlas.zarr"
-    # One prompt at a time, so that the disk fills between two rows: after the fifth (the harmful
-    # ones come first), leaving the two harmless rows to the rerun.
+    # One prompt at a time, so that the disk fills between two rows: after the fifth is staged
+    # (the harmful ones come first), leaving the two harmless rows to the rerun. The full disk
+    # also refuses the block write, so the five rows stay staged in pending/, not lost.
     argv = support.flags(tiny_model_dir, store, support.sources(tmp_path, 5, 2), "--threads", "1", "--max-batch", "1")
-    disk = FaultyDisk(store, after=5, counting="h0/c/")  # every row writes its h_0 chunk
+    disk = FaultyDisk(store, after=5, counting="pending/r")  # every row stages one file
     with disk.installed():
         code = main(argv)
     err = capsys.readouterr().err
     assert disk.refused, "the disk never filled"
     opened = AtlasStore.open(str(store))
-    done, status = opened.done_rows(), opened.status()
+    staged, status = opened.staged_rows(), opened.status()
     assert code == 1 and "refusal-atlas: the disk is full" in err, err[-2000:]
-    assert f"keeps the {done.size} of its 7 rows that are done" in err and "rerun the same command" in err
-    assert done.size == 5, f"{done.size} rows done, but the disk filled after the fifth"
+    assert "keeps the 0 of its 7 rows that are done, and 5 computed rows staged" in err
+    assert "rerun the same command" in err
+    assert staged.size == 5, f"{staged.size} rows staged, but the disk filled after the fifth"
     assert not (status == STATUS_FAILED).any(), "a row the disk refused is pending, not failed"
-    assert (status[status != STATUS_DONE] == STATUS_PENDING).all()
-    kept = opened.read_rows(done, ("direction", "h0"))
-    assert np.isfinite(kept["h0"]).all(), "a done row must hold its data"
+    kept = {row: opened.staged(row).data["h0"] for row in staged.tolist()}
+    assert all(np.isfinite(h0).all() for h0 in kept.values()), "a staged row must hold its data"
 
-    # Space is free again: the same command computes exactly the rows that are missing.
+    # Space is free again: the same command writes the staged rows and computes the rest.
     assert main(argv) == 0
     counts = support.summary_counts(capsys.readouterr().out)
-    assert counts["computed"] == 7 - done.size and counts["failed"] == 0
-    assert counts["cached"] + counts["stored"] == done.size
+    assert counts["computed"] == 7 - staged.size and counts["failed"] == 0
+    assert counts["cached"] + counts["stored"] == staged.size
     final = AtlasStore.open(str(store))
-    assert final.done_rows().size == 7 and final.n_rows == 7
-    assert np.array_equal(final.read_rows(done, ("h0",))["h0"], kept["h0"]), "the kept rows changed"
+    assert final.done_rows().size == 7 and final.n_rows == 7 and final.staged_rows().size == 0
+    for row, h0 in kept.items():
+        assert np.array_equal(final.read_rows([row], ("h0",))["h0"][0], h0), "a staged row changed"
 
 
 # Each write batch: rows of a fresh set (the pipeline writes a row once), as runs of one or more.
@@ -155,7 +157,7 @@ def _split(order: list[int], sizes: list[int]) -> list[list[int]]:
 def test_a_disk_that_fills_at_any_chunk_write_loses_no_finished_row(batches, fault_at):
     n_rows, order = batches
     with tempfile.TemporaryDirectory() as tmp:
-        store = AtlasStore.create_or_open(f"{tmp}/atlas.zarr", store_support.make_spec())
+        store = AtlasStore.create_or_open(f"{tmp}/atlas.zarr", store_support.make_spec(), block_rows=store_support.BLOCK)
         store.register_prompts(store_support.records(n_rows))
         finished: list[int] = []
         struck: list[int] = []
@@ -193,27 +195,26 @@ def test_a_disk_that_fills_at_any_chunk_write_loses_no_finished_row(batches, fau
 
 
 @pytest.mark.integration
-def test_a_damaged_chunk_is_named_with_its_row_and_the_repaired_rows_are_recomputed(prefect_harness, tiny_model_dir,
-                                                                                     tmp_path, capsys):
+def test_a_damaged_chunk_is_named_with_its_block_and_the_repaired_block_is_recomputed(prefect_harness, tiny_model_dir,
+                                                                                         tmp_path, capsys):
+    # All 11 rows lie in block 0. (Damaged prompt-table chunks, which vacate a block, are tested
+    # on small blocks in test_store_blocks.py.)
     store = tmp_path / "atlas.zarr"
     argv = support.flags(tiny_model_dir, store, support.sources(tmp_path, 8, 3))
     assert main(argv) == 0
     capsys.readouterr()
     first = AtlasStore.open(str(store))
-    bad_data, bad_entry = first.row_of(prompt_id(support.HARMFUL[0])), first.row_of(prompt_id(support.HARMFUL[1]))
+    bad_data = first.row_of(prompt_id(support.HARMFUL[0]))
     direction = first.read_rows([bad_data], ("direction",))["direction"]
-    (store / "direction" / "c" / str(bad_data) / "0" / "0").write_bytes(b"garbage from a failing disk")
-    (store / "text" / "c" / str(bad_entry)).write_bytes(b"more garbage")
+    (store / "direction" / "c" / "0" / "0" / "0").write_bytes(b"garbage from a failing disk")
 
     damaged = AtlasStore.open(str(store))
-    expected = rf"'direction' chunk of row {bad_data} \(prompt '{prompt_id(support.HARMFUL[0])}'\) cannot be read"
+    expected = r"'direction' chunk of block 0 \(rows 0\.\.10, first prompt '[0-9a-f]+'\) cannot be read"
     with pytest.raises(StoreCorruptError, match=expected) as caught:
         damaged.read_rows([bad_data], ("direction",))
     assert f"refusal-atlas inspect --repair {store}" in str(caught.value)
     with pytest.raises(StoreCorruptError, match=expected):
-        damaged.to_xarray()["direction"].values  # the lazy (Dask) reads name the row too
-    with pytest.raises(StoreCorruptError, match=rf"'text' chunk of row {bad_entry} "):
-        damaged.read_rows(range(damaged.n_rows), ("text",))
+        damaged.to_xarray()["direction"].values  # the lazy (Dask) reads name the block too
 
     # A run on the damaged store stops with the same words (clustering reads the directions).
     assert main(argv) == 1
@@ -222,13 +223,12 @@ def test_a_damaged_chunk_is_named_with_its_row_and_the_repaired_rows_are_recompu
     assert main(["inspect", "--verify", str(store)]) == 1
     assert main(["inspect", "--repair", str(store)]) == 0
     report = capsys.readouterr().out
-    assert f"rows marked pending: {sorted([bad_data, bad_entry])}" in report
-    assert f"rows vacated (their prompt is registered again by the next run): [{bad_entry}]" in report
+    assert "blocks whose rows are marked pending: [0]" in report and "blocks vacated" in report
 
-    # The rerun registers the vacated prompt again in its old row and computes the two rows.
+    # The rerun computes the block's rows again.
     assert main(argv) == 0
     counts = support.summary_counts(capsys.readouterr().out)
-    assert (counts["new"], counts["computed"], counts["failed"]) == (0, 2, 0)
+    assert (counts["new"], counts["computed"], counts["failed"]) == (0, 11, 0)
     final = AtlasStore.open(str(store))
     ids = final.prompt_ids().tolist()
     assert final.n_rows == 11 and len(set(ids)) == 11 and final.done_rows().size == 11

@@ -11,7 +11,7 @@ from refusal_atlas.storage import AtlasStore, cluster_run_name
 
 @pytest.fixture
 def store(tmp_path) -> AtlasStore:
-    store = AtlasStore.create_or_open(str(tmp_path / "atlas.zarr"), support.make_spec())
+    store = AtlasStore.create_or_open(str(tmp_path / "atlas.zarr"), support.make_spec(), block_rows=support.BLOCK)
     store.register_prompts(support.records(6))
     for row in range(6):
         store.write_row(row, support.row_values(row))

@@ -23,7 +23,7 @@ def _path(tmp_path) -> str:
 
 
 def test_provenance_attributes_are_plain_json(tmp_path):
-    store = AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    store = AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     with open(tmp_path / "atlas.zarr" / "zarr.json") as f:
         attrs = json.load(f)["attributes"][ATTRS_KEY]
     assert attrs["schema_version"] == SCHEMA_VERSION
@@ -38,14 +38,14 @@ def test_provenance_attributes_are_plain_json(tmp_path):
 
 
 def test_reopening_with_the_same_spec_keeps_the_store(tmp_path):
-    first = AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    first = AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     first.register_prompts(support.records(3))
-    again = AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    again = AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     assert again.store_uuid == first.store_uuid and again.n_rows == 3
 
 
 def test_different_fingerprint_is_an_error_naming_both(tmp_path):
-    AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     with pytest.raises(StoreMismatchError) as caught:
         AtlasStore.create_or_open(_path(tmp_path), support.make_spec(model_fingerprint="fp-bbbb"))
     message = str(caught.value)
@@ -54,11 +54,11 @@ def test_different_fingerprint_is_an_error_naming_both(tmp_path):
 
 
 def test_newer_schema_version_says_to_upgrade(tmp_path):
-    store = AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    store = AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     root = zarr.open_group(_path(tmp_path), mode="r+")
     root.attrs[ATTRS_KEY] = {**store.provenance, "schema_version": SCHEMA_VERSION + 1}
     for opener in (lambda: AtlasStore.open(_path(tmp_path)),
-                   lambda: AtlasStore.create_or_open(_path(tmp_path), support.make_spec())):
+                   lambda: AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)):
         with pytest.raises(StoreSchemaError) as caught:
             opener()
         message = str(caught.value)
@@ -75,7 +75,7 @@ def test_newer_schema_version_says_to_upgrade(tmp_path):
     ],
 )
 def test_other_settings_are_errors_that_say_what_differs(tmp_path, change, words):
-    AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     with pytest.raises(StoreMismatchError) as caught:
         AtlasStore.create_or_open(_path(tmp_path), support.make_spec(**change))
     for word in [*words, "new store path"]:
@@ -91,7 +91,7 @@ def test_foreign_directories_and_missing_stores_are_refused(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(StoreSchemaError, match="not a refusal-atlas store"):
-        AtlasStore.create_or_open(str(tmp_path / "other"), support.make_spec())
+        AtlasStore.create_or_open(str(tmp_path / "other"), support.make_spec(), block_rows=support.BLOCK)
     with pytest.raises(FileNotFoundError, match="create_or_open"):
         AtlasStore.open(str(tmp_path / "absent.zarr"))
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").attrs["x"] = 1
@@ -100,14 +100,14 @@ def test_foreign_directories_and_missing_stores_are_refused(tmp_path):
 
 
 def test_read_only_store_refuses_writes(tmp_path):
-    AtlasStore.create_or_open(_path(tmp_path), support.make_spec()).register_prompts(support.records(1))
+    AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK).register_prompts(support.records(1))
     reader = AtlasStore.open(_path(tmp_path))
     with pytest.raises(StoreError, match="mode='r\\+'"):
         reader.write_row(0, support.row_values(0))
 
 
 def test_every_array_has_dimension_names(tmp_path):
-    store = AtlasStore.create_or_open(_path(tmp_path), support.make_spec())
+    store = AtlasStore.create_or_open(_path(tmp_path), support.make_spec(), block_rows=support.BLOCK)
     store.register_prompts(support.records(2))
     store.write_cluster_run("r", {"labels": ("member", [0, 1])}, {"params": {}, "data_version": "v"})
     root = zarr.open_group(_path(tmp_path), mode="r")
@@ -118,12 +118,12 @@ def test_every_array_has_dimension_names(tmp_path):
         assert len(array.metadata.dimension_names) == array.ndim, name
         assert array.metadata.zarr_format == 3
         if name in {a.name for a in PER_PROMPT}:
-            assert array.chunks[0] == 1 and array.shards is None, name
+            assert array.chunks[0] == support.BLOCK and array.shards is None, name
 
 
 def test_xarray_open_zarr_and_dask_from_zarr_read_dimension_names(tmp_path):
     path = _path(tmp_path)
-    store = AtlasStore.create_or_open(path, support.make_spec())
+    store = AtlasStore.create_or_open(path, support.make_spec(), block_rows=support.BLOCK)
     store.register_prompts(support.records(5))
     store.write_row(2, support.row_values(2))
     store.consolidate()
@@ -137,7 +137,7 @@ def test_xarray_open_zarr_and_dask_from_zarr_read_dimension_names(tmp_path):
     assert np.isnan(ds["direction"].values[0]).all(), "unwritten rows read as NaN"
 
     lazy = da.from_zarr(path, component="direction")
-    assert lazy.shape == (5, 2, 16) and lazy.chunksize == (1, 2, 16)
+    assert lazy.shape == (5, 2, 16) and lazy.chunksize == (support.BLOCK, 2, 16)
     assert zarr.open_array(path, path="direction").metadata.dimension_names == (
         "prompt", "layer", "hidden")
 
@@ -153,7 +153,7 @@ def test_xarray_open_zarr_and_dask_from_zarr_read_dimension_names(tmp_path):
 
 def test_memory_url_store_round_trip():
     uri = f"memory://atlas-{uuid.uuid4().hex}.zarr"
-    store = AtlasStore.create_or_open(uri, support.make_spec())
+    store = AtlasStore.create_or_open(uri, support.make_spec(), block_rows=support.BLOCK)
     rows = store.register_prompts(support.records(4))
     store.write_rows([rows["p0001"], rows["p0003"]],
                      {"direction": np.stack([support.row_values(k)["direction"] for k in (1, 3)])})

@@ -18,7 +18,7 @@ from refusal_atlas.storage.layout import PER_PROMPT
 
 @pytest.fixture
 def store(tmp_path) -> AtlasStore:
-    return AtlasStore.create_or_open(str(tmp_path / "atlas.zarr"), support.make_spec())
+    return AtlasStore.create_or_open(str(tmp_path / "atlas.zarr"), support.make_spec(), block_rows=support.BLOCK)
 
 
 def test_register_appends_only_new_ids_and_maps_all(store):
@@ -102,18 +102,23 @@ def test_data_version_follows_the_done_set(store):
 
 def test_appending_ten_percent_leaves_every_existing_chunk_file_untouched(tmp_path):
     path = tmp_path / "atlas.zarr"
-    store = AtlasStore.create_or_open(str(path), support.make_spec())
-    store.register_prompts(support.records(40))
-    for row in range(40):
+    store = AtlasStore.create_or_open(str(path), support.make_spec(), block_rows=support.BLOCK)
+    store.register_prompts(support.records(42))  # the last block (rows 40 to 43) holds 2 rows
+    for row in range(42):
         store.write_row(row, support.row_values(row))
     store.mark_failed(7, "failed on purpose")
     store.consolidate()
     before = support.chunk_files(path)
-    assert len(before) > 40 * len(PER_PROMPT) // 2
+    # One file per block and array (11 blocks), less the error chunks that hold only '' (zarr
+    # does not store a chunk that is all fill value).
+    assert len(before) >= 10 * len(PER_PROMPT)
     time.sleep(0.05)  # so that a rewrite would show in the mtimes
 
-    store.register_prompts(support.records(44))  # 40 known + 4 new = 10% more
-    for row in range(40, 44):
+    # 42 known + 4 new = 10% more. They start a new block (rows 44 to 47): the partly filled
+    # block of rows 40 to 43 keeps its two vacant rows, so none of its chunk files changes.
+    rows = store.register_prompts(support.records(46))
+    assert [rows[f"p{i:04d}"] for i in range(42, 46)] == [44, 45, 46, 47]
+    for row in range(44, 48):
         store.write_row(row, support.row_values(row))
     after = support.chunk_files(path)
 
@@ -121,10 +126,11 @@ def test_appending_ten_percent_leaves_every_existing_chunk_file_untouched(tmp_pa
     assert changed == []
     assert len(after) > len(before)
     reader = AtlasStore.open(str(path))  # through the re-consolidated metadata
-    assert reader.n_rows == 44 and reader.done_rows().size == 43
+    assert reader.n_rows == 48 and reader.done_rows().size == 45
+    assert reader.prompt_ids().tolist()[42:44] == ["", ""] and reader.status()[42:44].tolist() == [0, 0]
 
 
-def test_interrupted_registration_leaves_vacant_rows_that_are_reused(store):
+def test_interrupted_registration_leaves_vacant_rows_and_the_next_starts_a_new_block(store):
     store.register_prompts(support.records(3))
     # A registration killed after growing some arrays, before writing any id.
     root = zarr.open_group(store.uri, mode="r+")
@@ -133,9 +139,9 @@ def test_interrupted_registration_leaves_vacant_rows_that_are_reused(store):
     reader = AtlasStore.open(store.uri)
     assert reader.n_rows == 3, "readers see only rows every array has"
     rows = store.register_prompts(support.records(3, start=3))
-    assert sorted(rows.values()) == [3, 4, 5]
-    assert store.n_rows == 6 and AtlasStore.open(store.uri).prompt_ids().tolist()[3:] == [
-        "p0003", "p0004", "p0005"]
+    assert sorted(rows.values()) == [8, 9, 10], "after the grown rows, at the next block boundary"
+    assert store.n_rows == 11 and AtlasStore.open(store.uri).prompt_ids().tolist()[3:] == [
+        "", "", "", "", "", "p0003", "p0004", "p0005"]
 
 
 # ----- property test ---------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def _id(key: int) -> str:
 @given(OPERATIONS)
 def test_any_sequence_of_operations_keeps_done_rows_exactly_as_last_written(operations):
     with tempfile.TemporaryDirectory() as tmp:
-        store = AtlasStore.create_or_open(f"{tmp}/atlas.zarr", support.make_spec())
+        store = AtlasStore.create_or_open(f"{tmp}/atlas.zarr", support.make_spec(), block_rows=support.BLOCK)
         registered: list[int] = []
         last: dict[int, int | None] = {}  # key -> version of its last write, None if failed after
         for operation in operations:
@@ -188,7 +194,8 @@ def test_any_sequence_of_operations_keeps_done_rows_exactly_as_last_written(oper
 
         reopened = AtlasStore.open(store.uri)
         ids = reopened.prompt_ids().tolist()
-        assert ids == [_id(k) for k in registered], "rows in registration order, no duplicates"
+        # Each registration starts a new block, so vacant rows ('') may lie between them.
+        assert [i for i in ids if i] == [_id(k) for k in registered], "registration order, no duplicates"
         done = {ids[row] for row in reopened.done_rows()}
         assert done == {_id(k) for k, version in last.items() if version is not None}
         for key, version in last.items():
@@ -198,5 +205,5 @@ def test_any_sequence_of_operations_keeps_done_rows_exactly_as_last_written(oper
                 assert reopened.errors()[row] == f"failed {key}"
             else:
                 support.assert_row_equals(reopened, row, support.row_values(key, version))
-        untouched = [row for row, i in enumerate(ids) if int(i[1:]) not in last]
+        untouched = [row for row, i in enumerate(ids) if not i or int(i[1:]) not in last]
         assert all(reopened.status()[row] == STATUS_PENDING for row in untouched)

@@ -15,6 +15,8 @@ from refusal_atlas.storage.layout import ROW_DATA, sizes_for
 
 LAYERS = (1, 3)
 HIDDEN = 16
+# Rows per block in the test stores: small, so that a few rows already span several blocks.
+BLOCK = 4
 
 
 def make_spec(**overrides) -> StoreSpec:
@@ -113,16 +115,25 @@ def wait_for_lines(path: str, n: int, timeout: float = 60.0) -> list[str]:
 
 
 def write_share(uri: str, worker: int, workers: int, n_rows: int, barrier) -> None:
-    """Write rows worker, worker + workers, ... (interleaved with the other workers)."""
+    """Write the rows of blocks worker, worker + workers, ... (a block has one writer process)."""
     store = AtlasStore.open(uri, mode="r+")
     barrier.wait(timeout=60)
-    mine = list(range(worker, n_rows, workers))
+    mine = [row for row in range(n_rows) if (row // store.block_rows) % workers == worker]
     for row in mine[:-2]:
         store.write_row(row, row_values(row))
-    # The last two rows go through the batched path, still one chunk per row.
+    # The last two rows go through the batched path.
     last = mine[-2:]
     batch = [row_values(row) for row in last]
     store.write_rows(last, {k: np.stack([b[k] for b in batch]) for k in batch[0]})
+
+
+def stage_share(uri: str, worker: int, workers: int, n_rows: int, barrier) -> None:
+    """Stage rows worker, worker + workers, ...: every block gets rows from every worker, as
+    per-prompt tasks in several processes stage them."""
+    store = AtlasStore.open(uri, mode="r+")
+    barrier.wait(timeout=60)
+    for row in range(worker, n_rows, workers):
+        store.stage_row(row, row_values(row))
 
 
 def write_until_killed(uri: str, reports: str) -> None:
@@ -135,21 +146,33 @@ def write_until_killed(uri: str, reports: str) -> None:
         time.sleep(0.02)
 
 
+def stage_until_killed(uri: str, reports: str) -> None:
+    """Stage rows 0, 1, 2, ... as per-prompt tasks do, reporting each staged row, until killed."""
+    store = AtlasStore.open(uri, mode="r+")
+    for row in range(store.n_rows):
+        store.stage_row(row, row_values(row))
+        report(reports, row)
+        time.sleep(0.02)
+
+
 def write_then_hang_before_done(uri: str, row: int, reports: str) -> None:
     """Write ``row``'s data through the real path, then hang where the done flag would be set."""
-    import refusal_atlas.storage.rowio as rowio
+    from zarr.core.array import AsyncArray
+
     from refusal_atlas.storage import STATUS_DONE
 
-    original = rowio.set_status
+    original = AsyncArray.setitem
+    store = AtlasStore.open(uri, mode="r+")
+    first = (row // store.block_rows) * store.block_rows
 
-    async def hang_at_done(status_array, runs, code):
-        if code == STATUS_DONE:
+    async def hang_at_done(array, selection, value, *args, **kwargs):
+        if array.path == "status" and np.asarray(value)[row - first] == STATUS_DONE:
             report(reports, "data written")
             await asyncio.sleep(3600)
-        return await original(status_array, runs, code)
+        return await original(array, selection, value, *args, **kwargs)
 
-    rowio.set_status = hang_at_done
-    AtlasStore.open(uri, mode="r+").write_row(row, row_values(row))
+    AsyncArray.setitem = hang_at_done
+    store.write_row(row, row_values(row))
 
 
 def hold_lock(uri: str, reports: str) -> None:

@@ -1,8 +1,11 @@
-"""One prompt's row: ask the process's engine for its directions and write them to the store.
+"""One prompt's row: ask the process's engine for its directions and stage them in the store.
 
-A row that is already done in the store is not computed again (the store is the record of
-what exists, whatever Prefect's cache holds), and a row that fails is marked failed with its
-reason, never done, so a rerun retries exactly the rows that are missing.
+The store keeps rows in blocks with one writer each, so a per-prompt task does not write its
+block: it stages its row (``pending/r<row>.row``, kept even if the run is killed), and the flow's
+block writer (``write_blocks``) gathers a block once its rows have finished. A row that is
+already done or staged is not computed again (the store is the record of what exists, whatever
+Prefect's cache holds), and a row that fails is staged as failed with its reason, never done, so
+a rerun retries exactly the rows that are missing.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def extract_row(
         raise RowFailed(f"row {row} of {store_uri} does not hold prompt {prompt_id}; the store changed under the run")
     if stored["status"][0] == STATUS_DONE:
         return summary(prompt_id, row, store.read_rows([row], ("f0", "f_point", "effect", "best_layer")), computed=False)
+    staged = store.staged(row)
+    if staged is not None and not staged.failed and staged.prompt_id == prompt_id:
+        return summary(prompt_id, row, {k: v[np.newaxis] for k, v in staged.data.items()}, computed=False)
 
     runner = get_engine(model, directions, engine)
     if runner.loaded.fingerprint != fingerprint:
@@ -101,20 +107,29 @@ def extract_row(
     try:
         result = runner.compute(text, gradient=gradient)
     except ValueError as err:  # rendering: too long for the context, an unusable template
-        store.mark_failed(row, str(err))
+        store.stage_failure(row, str(err))
         raise RowFailed(f"prompt {prompt_id}: {err}") from err
     problem = row_problem(result, runner.layers)
     if problem is not None:
-        store.mark_failed(row, problem)
+        store.stage_failure(row, problem)
         raise RowFailed(f"prompt {prompt_id}: {problem}")
     data = row_arrays(result)
     try:
-        store.write_row(row, data)
+        store.stage_row(row, data)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # Same errno, so callers still see a full disk; the words say what it means for the run.
         raise OSError(err.errno, f"the disk holding {store_uri} is full ({err.strerror}): row {row} "
-                      f"(prompt {prompt_id}) was not written and stays pending; rows already written "
-                      "are kept. Free space, then rerun the same command.") from err
+                      f"(prompt {prompt_id}) was not written and stays pending; rows already staged or "
+                      "written are kept. Free space, then rerun the same command.") from err
     return summary(prompt_id, row, data, computed=True)
+
+
+def write_blocks(store_uri: str, store_uuid: str, blocks: list[int] | None = None) -> dict:
+    """Gather the staged rows of ``blocks`` (all staged rows if None) into their blocks.
+
+    Only the run that holds the store's lease calls this, from one place, so each block has one
+    writer; it is what turns staged rows into done rows.
+    """
+    return writable_store(store_uri, store_uuid).write_pending(blocks)

@@ -28,7 +28,11 @@ def describe(uri: str) -> str:
     store = AtlasStore.open(uri)
     prov = store.provenance
     spec = store.spec
-    status = store.status()
+    # Rows without a prompt (the rest of a block that a registration did not fill) are not rows
+    # of the atlas, only room in its blocks.
+    registered = store.prompt_ids() != ""
+    status = store.status()[registered]
+    staged = store.staged_rows().size
     lines = [
         f"store       {store.uri}",
         f"uuid        {store.store_uuid} (schema {prov.get('schema_version')}, created {prov.get('created')})",
@@ -37,10 +41,12 @@ def describe(uri: str) -> str:
         f"layers      {list(spec.layers)} at position {spec.position}",
         f"method      " + ", ".join(f"{k}={v}" for k, v in sorted(spec.method.items())),
         f"rows        {status.size}: {int((status == STATUS_DONE).sum())} done, "
-        f"{int((status == STATUS_FAILED).sum())} failed, {int((status == 0).sum())} pending",
+        f"{int((status == STATUS_FAILED).sum())} failed, {int((status == 0).sum())} pending"
+        + (f" ({staged} computed, staged for their block)" if staged else ""),
+        f"blocks      {store.block_rows} rows each, {-(-store.n_rows // store.block_rows)} blocks",
     ]
     if status.size:
-        labels = store.read_rows(np.arange(status.size), ("label",))["label"]
+        labels = store.read_rows(np.flatnonzero(registered), ("label",))["label"]
         counts = Counter(str(x) or "(unlabelled)" for x in labels)
         lines.append("labels      " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for row, reason in list(store.errors().items())[:5]:

@@ -102,6 +102,13 @@ def extract_prompt(
     )
 
 
+@task(name="write-blocks", retries=2, retry_delay_seconds=1, result_serializer="json",
+      retry_condition_fn=_retry_transient)
+def write_blocks(store_uri: str, store_uuid: str, blocks: list[int] | None = None) -> dict:
+    """Write the staged rows of whole blocks into the store (all staged rows if ``blocks`` is None)."""
+    return extraction.write_blocks(store_uri, store_uuid, blocks)
+
+
 @task(name="concept-vectors", retries=2, retry_delay_seconds=2, result_serializer="json")
 def concept_vectors(store_uri: str, store_uuid: str) -> dict:
     """Option 2 directions and the difference-in-means baseline from the done rows."""

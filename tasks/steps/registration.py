@@ -91,6 +91,7 @@ def register(settings: AtlasSettings, engine: DirectionEngine, prompts: PromptSe
         fingerprint=engine.loaded.fingerprint,
         layers=list(engine.layers),
         prompts=tasks,
-        new=store.n_rows - before,
+        # New prompts always get rows past the old end (each registration starts a new block).
+        new=sum(1 for row in set(rows.values()) if row >= before),
         read_summary=prompts.report.summary(),
     )
