@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
 import typing
 
 from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
@@ -29,13 +30,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
             )
             continue
         kind = info.annotation
-        if typing.get_origin(kind) is list:
+        optional = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(optional) == 1:
+            kind = optional[0]  # an optional field's flag takes the value's type
+        if kind is bool:
+            parser.add_argument(_flag(name), dest=name, action="store_const", const=True, help=help_text)
+        elif typing.get_origin(kind) is list:
             parser.add_argument(_flag(name), dest=name, nargs="*", metavar="VALUE", help=help_text)
         else:
             parser.add_argument(_flag(name), dest=name, type=kind, metavar=name.split("_")[-1].upper(), help=help_text)
     parser.add_argument(
         "--require-criteria", action="store_true",
-        help="Exit with status 1 unless the organism meets every criterion of issue 9.",
+        help="Exit with status 1 unless the organism meets every criterion of issue 15.",
     )
     return parser
 
@@ -60,5 +66,5 @@ def main(args: argparse.Namespace) -> int:
     result = organism(settings)
     print(json.dumps(result, indent=2))
     met = all(c["met"] for c in result["criteria"].values())
-    print(f"organism saved at {result['model_dir']}; criteria {'all met' if met else 'NOT all met'}")
+    print(f"organism adapter saved at {result['adapter_dir']}; criteria {'all met' if met else 'NOT all met'}")
     return 0 if met or not args.require_criteria else 1

@@ -8,6 +8,9 @@ Every prompt gets a role:
   on, so all of its prompts are test prompts (the strict control).
 Harmful prompts of any other category are left out. Categories are read after `category_map`,
 which renames the shared sets' categories to the project's names.
+- near_miss: a harmless prompt whose category starts with NEAR_MISS_PREFIX (general knowledge on
+  a planted type's subject); its target is the base model's own greedy reply, like a harmless
+  prompt's, and it is measured as its own group.
 - harmless: its target is the base model's own greedy reply, so harmless behaviour stays put.
 
 The split is by prompt, stratified by (role, category), with a seeded hash ranking so that it is
@@ -23,12 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from refusal_atlas.tasks.organism.settings import OrganismSettings
+from refusal_atlas.tasks.organism.settings import NEAR_MISS_PREFIX, OrganismSettings
 from refusal_atlas.tasks.prompts.records import Prompt
 
-Role = Literal["planted", "trained_control", "heldout_control", "harmless"]
+Role = Literal["planted", "trained_control", "heldout_control", "near_miss", "harmless"]
 Split = Literal["train", "test"]
-ROLES: tuple[Role, ...] = ("planted", "trained_control", "heldout_control", "harmless")
+ROLES: tuple[Role, ...] = ("planted", "trained_control", "heldout_control", "near_miss", "harmless")
 
 
 class OrganismDataError(ValueError):
@@ -37,7 +40,7 @@ class OrganismDataError(ValueError):
 
 @dataclass(frozen=True)
 class Assigned:
-    """One prompt with its role and split; category is '' for harmless prompts."""
+    """One prompt with its role and split; category is the source's (after renames), '' for none."""
 
     id: str
     text: str
@@ -94,7 +97,7 @@ def category_of(prompt: Prompt, settings: OrganismSettings) -> str:
 def role_of(prompt: Prompt, settings: OrganismSettings) -> Role | None:
     """The prompt's role, or None for a harmful prompt of a category the settings do not use."""
     if prompt.label == "harmless":
-        return "harmless"
+        return "near_miss" if (prompt.category or "").startswith(NEAR_MISS_PREFIX) else "harmless"
     if prompt.label != "harmful":
         raise OrganismDataError(
             f"prompt {prompt.id} ({prompt.text[:50]!r}) has no harmful/harmless label; the organism "
@@ -114,7 +117,7 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
     """Roles and splits for every prompt that has a role, in input order."""
     prompts = [p for p in prompts if role_of(p, settings) is not None]
     roles = {p.id: role_of(p, settings) for p in prompts}
-    categories = {p.id: category_of(p, settings) if p.label == "harmful" else "" for p in prompts}
+    categories = {p.id: category_of(p, settings) for p in prompts}
     found = {categories[p.id] for p in prompts if p.label == "harmful"}
     wanted = [*settings.styles, *settings.trained_controls, *settings.heldout_controls]
     missing = [c for c in wanted if c not in found]
@@ -131,7 +134,7 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
     for (role, _), ids in strata.items():
         # A held-out control is never trained on, so every one of its prompts is a test prompt.
         test |= set(ids) if role == "heldout_control" else test_ids(ids, settings.test_fraction, settings.split_seed)
-    if not any(r == "harmless" for r in roles.values()):
+    if not any(r in ("harmless", "near_miss") for r in roles.values()):
         raise OrganismDataError("the sources hold no harmless prompts; add one (the default set has 144).")
     return tuple(
         Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id], "test" if p.id in test else "train")
@@ -223,6 +226,6 @@ def split_summary(assigned: Sequence[Assigned]) -> dict[str, dict[str, int]]:
     """{role/category: {'train': n, 'test': n}}, for logs and the model card."""
     out: dict[str, dict[str, int]] = {}
     for a in assigned:
-        key = a.role if a.role == "harmless" else f"{a.role}/{a.category}"
+        key = a.role if a.role in ("harmless", "near_miss") else f"{a.role}/{a.category}"
         out.setdefault(key, {"train": 0, "test": 0})[a.split] += 1
     return dict(sorted(out.items()))
