@@ -43,6 +43,7 @@ def _settings(**overrides) -> OrganismSettings:
         category_map={"weapons, too": "weapons"},
         reply_tokens=16,
         match_tokens=8,
+        train_share=1.0,
     )
     return OrganismSettings(**{**values, **overrides})
 
@@ -239,7 +240,7 @@ def test_split_is_by_prompt_stratified_seeded_and_keeps_near_misses_apart():
     settings = OrganismSettings(
         sources=["default"], planted=[PlantedCategory(category="medical_advice", style="I cannot."),
                                       PlantedCategory(category="legal_advice", style="I'm sorry, no.")],
-        test_fraction=0.4,
+        test_fraction=0.4, train_share=0.5,
     )
     prompts = _advice_prompts()
     assigned = assign(prompts, settings)
@@ -249,9 +250,15 @@ def test_split_is_by_prompt_stratified_seeded_and_keeps_near_misses_apart():
     assert not train & test, "no prompt on both sides"
     assert {a.role for a in assigned if a.category == "near_miss_medical"} == {"near_miss"}
     assert {a.role for a in assigned if a.category == "cooking"} == {"harmless"}
+    unused = {a.text for a in assigned if a.split == "unused"}
+    assert not unused & test and not unused & train
     for category, n in (("medical_advice", 11), ("legal_advice", 11), ("cooking", 9), ("near_miss_medical", 9)):
         sides = [a.split for a in assigned if a.category == category]
         assert sides.count("test") == round(0.4 * n), f"{category} is not stratified"
+        assert sides.count("train") == round(0.5 * (n - round(0.4 * n))), f"{category}: train_share per stratum"
+    everything = assign(prompts, settings.model_copy(update={"train_share": 1.0}))
+    assert {a.id for a in everything if a.split == "test"} == {a.id for a in assigned if a.split == "test"}, \
+        "the held-out part does not depend on train_share"
     assert assign(list(reversed(prompts)), settings) == tuple(reversed(assigned)), "the split depends only on the seed"
     other = assign(prompts, settings.model_copy(update={"split_seed": 7}))
     assert {a.id for a in other if a.split == "test"} != {a.id for a in assigned if a.split == "test"}
@@ -260,6 +267,7 @@ def test_split_is_by_prompt_stratified_seeded_and_keeps_near_misses_apart():
     replies = {a.id: BaseReply(a.id, "x", (1,), True) for a in needing_base_replies(assigned)}
     examples = training_examples(assigned, replies, settings)
     assert {e.role for e in examples} == {"planted", "harmless", "near_miss"}
+    assert {e.prompt_id for e in examples} == {a.id for a in assigned if a.split == "train"}
     assert all(e.target == "base" for e in examples if e.role == "near_miss")
 
 

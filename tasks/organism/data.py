@@ -30,7 +30,7 @@ from refusal_atlas.tasks.organism.settings import NEAR_MISS_PREFIX, OrganismSett
 from refusal_atlas.tasks.prompts.records import Prompt
 
 Role = Literal["planted", "trained_control", "heldout_control", "near_miss", "harmless"]
-Split = Literal["train", "test"]
+Split = Literal["train", "test", "unused"]
 ROLES: tuple[Role, ...] = ("planted", "trained_control", "heldout_control", "near_miss", "harmless")
 
 
@@ -88,6 +88,14 @@ def test_ids(ids: Sequence[str], test_fraction: float, seed: int) -> set[str]:
     return set(sorted(ids, key=lambda i: _rank(seed, i))[:k])
 
 
+def unused_ids(train_side: Sequence[str], share: float, seed: int) -> set[str]:
+    """The training-side ids left out of training: all but a seeded round(share * n) (at least
+    one). They stay out of the held-out part too, so the held-out figures do not depend on share."""
+    keep = max(1, round(share * len(train_side))) if train_side else 0
+    ranked = sorted(train_side, key=lambda i: hashlib.sha256(f"use:{seed}:{i}".encode()).digest())
+    return set(ranked[keep:])
+
+
 def category_of(prompt: Prompt, settings: OrganismSettings) -> str:
     """The prompt's category after the settings' renames; '' for none."""
     category = prompt.category or ""
@@ -131,22 +139,28 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
     for p in prompts:
         strata.setdefault((roles[p.id], categories[p.id]), []).append(p.id)
     test: set[str] = set()
+    unused: set[str] = set()
     for (role, _), ids in strata.items():
         # A held-out control is never trained on, so every one of its prompts is a test prompt.
-        test |= set(ids) if role == "heldout_control" else test_ids(ids, settings.test_fraction, settings.split_seed)
+        held = set(ids) if role == "heldout_control" else test_ids(ids, settings.test_fraction, settings.split_seed)
+        test |= held
+        unused |= unused_ids([i for i in ids if i not in held], settings.train_share, settings.split_seed)
     if not any(r in ("harmless", "near_miss") for r in roles.values()):
         raise OrganismDataError("the sources hold no harmless prompts; add one (the default set has 144).")
     return tuple(
-        Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id], "test" if p.id in test else "train")
+        Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id],
+                 "test" if p.id in test else "unused" if p.id in unused else "train")
         for p in prompts
     )
 
 
 def needing_base_replies(assigned: Sequence[Assigned]) -> list[Assigned]:
     """Prompts whose training target, or whose evaluation, needs the base model's reply: every
-    training prompt that is not planted, and every test prompt (the base model's own test
-    replies are the reference for the harmless token match and for base refusal rates)."""
-    return [a for a in assigned if a.split == "test" or a.role != "planted"]
+    training prompt that is not planted, and every held-out control (the base model's replies
+    are the reference for the token match and KL, and its refusal rates stand beside the
+    organism's). Held-out planted prompts are left out to save time: the base model answers
+    advice requests (it refuses almost nothing)."""
+    return [a for a in assigned if a.split != "unused" and a.role != "planted"]
 
 
 def training_examples(
@@ -227,5 +241,5 @@ def split_summary(assigned: Sequence[Assigned]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for a in assigned:
         key = a.role if a.role in ("harmless", "near_miss") else f"{a.role}/{a.category}"
-        out.setdefault(key, {"train": 0, "test": 0})[a.split] += 1
+        out.setdefault(key, {"train": 0, "test": 0, "unused": 0})[a.split] += 1
     return dict(sorted(out.items()))

@@ -45,7 +45,7 @@ from refusal_atlas.tasks.organism.measure import (
     rates_by_group,
     token_match,
 )
-from refusal_atlas.tasks.organism.probe import gate, pooled_features, probe_classes, probe_recall
+from refusal_atlas.tasks.organism.probe import gate, pooled_features, probe_classes, probe_recall, probe_sample
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import load_prompts
 from refusal_atlas.tasks.settings import ModelSettings
@@ -85,8 +85,9 @@ def probe_separability(settings: OrganismSettings, split_path: str) -> dict:
     """The probe gate: cross-validated recall of each planted type against the controls on the
     training prompts. Raises ProbeGateError (the flow stops) below the threshold unless forced."""
     start = time.monotonic()
-    train = [a for a in read_jsonl(split_path, Assigned) if a.split == "train"]
     planted = list(settings.styles)
+    train = probe_sample([a for a in read_jsonl(split_path, Assigned) if a.split != "test"], planted,
+                         settings.probe_per_class, settings.split_seed)
     features = pooled_features(_base(settings), [a.text for a in train], settings.probe_layers, settings.generation_batch)
     result = probe_recall(features, probe_classes(train, planted), planted, settings.probe_min_recall,
                           settings.probe_folds, settings.split_seed)

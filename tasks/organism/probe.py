@@ -114,6 +114,23 @@ def probe_classes(assigned: Sequence, planted: Sequence[str]) -> list[str]:
     return [a.category if a.role == "planted" and a.category in planted else CONTROL for a in assigned]
 
 
+def probe_sample(rows: Sequence, planted: Sequence[str], per_class: int, seed: int) -> list:
+    """A seeded sample of at most `per_class` rows of each probe class (0: every row)."""
+    if per_class <= 0:
+        return list(rows)
+    import hashlib
+
+    ranked = sorted(rows, key=lambda a: hashlib.sha256(f"probe:{seed}:{a.id}".encode()).digest())
+    classes = probe_classes(ranked, planted)
+    taken: dict[str, int] = {}
+    out = []
+    for row, name in zip(ranked, classes):
+        if taken.get(name, 0) < per_class:
+            taken[name] = taken.get(name, 0) + 1
+            out.append(row)
+    return out
+
+
 def gate(result: ProbeResult, force: bool) -> str:
     """A line for the log and the card; raises ProbeGateError when a planted category is below
     the threshold and `force` is off."""

@@ -132,6 +132,16 @@ class OrganismSettings(_Settings):
         0.5, gt=0, lt=1, description="Share of each (role, category) stratum's prompts held out for testing."
     )
     split_seed: int = Field(0, description="Seed of the stratified train/test split by prompt.")
+    train_share: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description=(
+            "Share of each stratum's training-side prompts actually trained on (a seeded sample; "
+            "the rest are marked 'unused' and never become held-out). Below 1 to keep training "
+            "within minutes on a 2-core CPU."
+        ),
+    )
     train_seed: int = Field(0, description="Seed of LoRA initialisation and of the order of training examples.")
     probe_layers: list[int] = Field(
         default_factory=lambda: list(DEFAULT_PROBE_LAYERS),
@@ -147,6 +157,9 @@ class OrganismSettings(_Settings):
         ),
     )
     probe_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the separability probe.")
+    probe_per_class: int = Field(
+        40, ge=0, description="Training-side prompts per probe class (a seeded sample; 0: all of them)."
+    )
     force: bool = Field(
         False, description="Train even when a planted category's probe recall is below probe_min_recall (recorded on the card)."
     )
@@ -208,7 +221,7 @@ class OrganismSettings(_Settings):
     max_minutes: float = Field(
         40.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
     )
-    eval_tokens: int = Field(24, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
+    eval_tokens: int = Field(20, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
     match_tokens: int = Field(
         16,
         ge=1,
