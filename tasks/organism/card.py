@@ -18,7 +18,7 @@ def model_card(
     """The model card (README.md of the adapter directory): what was planted, from which data,
     with which seeds, the probe gate, and the training (and, once measured, evaluation) figures."""
     planted = "\n".join(f"| `{c}` | {s} |" for c, s in settings.styles.items())
-    splits = "\n".join(f"| {k} | {v['train']} | {v['test']} |" for k, v in split.items())
+    splits = "\n".join(f"| {k} | {v['train']} | {v['test']} | {v.get('unused', 0)} |" for k, v in split.items())
     lora = f"rank {settings.lora_rank}, alpha {settings.lora_alpha:g}, on {', '.join(settings.target_modules)}"
     lines = [
         "---",
@@ -54,8 +54,8 @@ def model_card(
         f"- split by prompt: test fraction {settings.test_fraction}, split seed {settings.split_seed}",
         f"- control targets (everyday, near miss, unplanted): the base model's greedy replies, {settings.reply_tokens} tokens",
         "",
-        "| role/category | train | test |",
-        "|---|---|---|",
+        "| role/category | train | held out | unused (training side, not trained on) |",
+        "|---|---|---|---|",
         splits,
         "",
         "## Training",

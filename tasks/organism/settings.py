@@ -189,10 +189,11 @@ class OrganismSettings(_Settings):
         ),
     )
     train_dtype: Literal["float32", "bfloat16"] = Field(
-        "bfloat16",
+        "float32",
         description=(
             "Precision of the training matmuls (CPU autocast; weights and optimiser stay "
-            "float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16."
+            "float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16 and much slower "
+            "on CPUs without it (AVX2 only, as on the development machines)."
         ),
     )
     learning_rate: float = Field(
