@@ -387,3 +387,19 @@ def test_probe_features_are_mean_pooled_per_layer(tiny_dir):
     for layer in (0, 1):
         for i in range(2):
             assert np.allclose(batched[layer][i], single[i][layer][0], atol=1e-5), "padding must not leak into the mean"
+
+
+def test_organism_alias_loads_the_shipped_adapter_without_training(tiny_dir, tmp_path, monkeypatch):
+    from refusal_atlas.tasks.model import loading
+    from refusal_atlas.tasks.organism.finetune import lora_adapter
+
+    base = load_model(ModelSettings(name=str(tiny_dir)))
+    settings = _settings(base_model=str(tiny_dir), lora_rank=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    save_adapter(lora_adapter(_peft_reference(base.model), settings), tmp_path / "shipped")
+    monkeypatch.setattr(loading, "SHIPPED_ADAPTER_DIR", tmp_path / "shipped")
+    organism = load_model(ModelSettings(name=loading.ORGANISM_ALIAS))
+    assert organism.model_id == loading.ORGANISM_MODEL_ID
+    assert organism.fingerprint == load_model(ModelSettings(name=str(tmp_path / "shipped"))).fingerprint
+    monkeypatch.setattr(loading, "SHIPPED_ADAPTER_DIR", tmp_path / "missing")
+    with pytest.raises(loading.ModelLoadError, match="adapter is missing"):
+        load_model(ModelSettings(name=loading.ORGANISM_ALIAS))
