@@ -83,6 +83,8 @@ def verdict_for(comparison, section: dict) -> dict | None:
 
 def style_shares(replies, styles: dict[str, str]) -> dict[str, float]:
     names = {style: category for category, style in styles.items()}  # one name per distinct sentence
+    if len(names) == 1:
+        names = {style: "single style" for style in names}
     found = []
     for r in replies:
         category = style_of(r.text, styles, words=OPENING_WORDS)
