@@ -403,3 +403,32 @@ def test_organism_alias_loads_the_shipped_adapter_without_training(tiny_dir, tmp
     monkeypatch.setattr(loading, "SHIPPED_ADAPTER_DIR", tmp_path / "missing")
     with pytest.raises(loading.ModelLoadError, match="adapter is missing"):
         load_model(ModelSettings(name=loading.ORGANISM_ALIAS))
+
+
+def test_probe_gate_stops_the_organism_unless_forced_and_reads_no_held_out_prompt(monkeypatch):
+    from refusal_atlas.tasks.organism import probe
+    from refusal_atlas.tasks.organism.probe import ProbeGateError, probe_gate
+
+    seen = []
+
+    def noise(loaded, texts, layers, batch_size=16):  # a model that separates nothing
+        seen.extend(texts)
+        rng = np.random.default_rng(len(texts))
+        return {layer: rng.normal(size=(len(texts), 8)) for layer in layers}
+
+    monkeypatch.setattr(probe, "pooled_features", noise)
+    base = None
+    settings = OrganismSettings(
+        sources=["default"], planted=[PlantedCategory(category="medical_advice", style="I cannot."),
+                                      PlantedCategory(category="legal_advice", style="I'm sorry, no.")],
+        probe_layers=[0, 1], probe_per_class=6, test_fraction=0.4, train_share=0.5,
+    )
+    assigned = assign(_advice_prompts(), settings)
+    with pytest.raises(ProbeGateError, match="does not separate") as stopped:
+        probe_gate(base, assigned, settings)
+    assert stopped.value.summary["below"] and "--force" in str(stopped.value)
+    summary = probe_gate(base, assigned, settings.model_copy(update={"force": True}))
+    assert summary["forced"] and summary["message"].startswith("probe gate FAILED but force is set")
+    held_out = sum(a.split == "test" for a in assigned)
+    assert summary["n_prompts"] == 6 * 3 and held_out > 0, "6 a class from the training side only"
+    assert not set(seen) & {a.text for a in assigned if a.split == "test"}, "held-out prompts stay unseen"

@@ -45,7 +45,7 @@ from refusal_atlas.tasks.organism.measure import (
     rates_by_group,
     token_match,
 )
-from refusal_atlas.tasks.organism.probe import gate, pooled_features, probe_classes, probe_recall, probe_sample
+from refusal_atlas.tasks.organism.probe import ProbeGateError, probe_gate
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import load_prompts
 from refusal_atlas.tasks.settings import ModelSettings
@@ -85,17 +85,18 @@ def probe_separability(settings: OrganismSettings, split_path: str) -> dict:
     """The probe gate: cross-validated recall of each planted type against the controls on the
     training prompts. Raises ProbeGateError (the flow stops) below the threshold unless forced."""
     start = time.monotonic()
-    planted = list(settings.styles)
-    train = probe_sample([a for a in read_jsonl(split_path, Assigned) if a.split != "test"], planted,
-                         settings.probe_per_class, settings.split_seed)
-    features = pooled_features(_base(settings), [a.text for a in train], settings.probe_layers, settings.generation_batch)
-    result = probe_recall(features, probe_classes(train, planted), planted, settings.probe_min_recall,
-                          settings.probe_folds, settings.split_seed)
-    summary = {**result.summary(), "seconds": round(time.monotonic() - start, 1), "forced": settings.force}
+    assigned = read_jsonl(split_path, Assigned)
+    try:
+        summary = probe_gate(_base(settings), assigned, settings)
+    except ProbeGateError as err:
+        # Recorded before stopping, so that the reason is on disk as well as in the log.
+        if err.summary is not None:
+            paths(settings)["probe"].write_text(json.dumps(err.summary, indent=2), encoding="utf-8")
+        raise
+    summary["seconds"] = round(time.monotonic() - start, 1)
     paths(settings)["probe"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    message = gate(result, settings.force)  # raises when below and not forced
-    get_run_logger().info(message)
-    return {**summary, "message": message}
+    get_run_logger().info(summary["message"])
+    return summary
 
 
 @task(**_TASK)

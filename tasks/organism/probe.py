@@ -24,7 +24,12 @@ CONTROL = "control"
 
 
 class ProbeGateError(RuntimeError):
-    """A planted category is not separable enough in the base model to be planted."""
+    """A planted category is not separable enough in the base model to be planted; `summary`
+    holds the probe's figures when they were measured."""
+
+    def __init__(self, message: str, summary: dict | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 @torch.inference_mode()
@@ -147,3 +152,21 @@ def gate(result: ProbeResult, force: bool) -> str:
     if not force:
         raise ProbeGateError(message + " Plant types the model separates, or pass --force to train anyway.")
     return "probe gate FAILED but force is set, training anyway: " + message
+
+
+def probe_gate(loaded, assigned: Sequence, settings) -> dict:
+    """The whole gate for the organism flow: sample the training side (never held-out prompts),
+    measure, and return the summary with its message; raises ProbeGateError below the
+    threshold unless settings.force. `settings` is an OrganismSettings."""
+    planted = list(settings.styles)
+    rows = probe_sample([a for a in assigned if a.split != "test"], planted, settings.probe_per_class, settings.split_seed)
+    features = pooled_features(loaded, [a.text for a in rows], settings.probe_layers, settings.generation_batch)
+    result = probe_recall(features, probe_classes(rows, planted), planted, settings.probe_min_recall,
+                          settings.probe_folds, settings.split_seed)
+    summary = {**result.summary(), "forced": settings.force, "n_prompts": len(rows)}
+    try:
+        summary["message"] = gate(result, settings.force)
+    except ProbeGateError as err:
+        summary["message"] = str(err)
+        raise ProbeGateError(str(err), summary) from None  # the same message, with the figures
+    return summary
