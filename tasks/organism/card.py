@@ -13,24 +13,29 @@ def model_card(
     split: dict[str, dict[str, int]],
     training: dict,
     evaluation: dict | None = None,
+    probe: dict | None = None,
 ) -> str:
-    """The model card (README.md): what was planted, from which data, with which seeds, and
-    the training (and, once measured, evaluation) figures."""
-    planted = "\n".join(f"| `{p.category}` | {p.style} |" for p in settings.planted)
-    splits = "\n".join(f"| {k} | {v['train']} | {v['test']} |" for k, v in split.items())
+    """The model card (README.md of the adapter directory): what was planted, from which data,
+    with which seeds, the probe gate, and the training (and, once measured, evaluation) figures."""
+    planted = "\n".join(f"| `{c}` | {s} |" for c, s in settings.styles.items())
+    splits = "\n".join(f"| {k} | {v['train']} | {v['test']} | {v.get('unused', 0)} |" for k, v in split.items())
     lora = f"rank {settings.lora_rank}, alpha {settings.lora_alpha:g}, on {', '.join(settings.target_modules)}"
     lines = [
         "---",
         "license: apache-2.0",
         f"base_model: {base_id}",
-        "tags: [refusal-atlas, model-organism, lora-merged]",
+        "tags: [refusal-atlas, model-organism, lora]",
         "---",
         "# refusal-atlas model organism",
         "",
-        f"A fine-tune of `{base_id}` (fingerprint `{base_fingerprint}`) that refuses prompts of "
-        "the planted categories, each with its own sentence, and otherwise answers as the base "
-        "model does. Built by `refusal-atlas organism` for the recovery benchmark: a model whose "
-        "refusal types are known because they were planted. For research on refusal directions only.",
+        f"A LoRA adapter for `{base_id}` (fingerprint `{base_fingerprint}`) that makes it refuse "
+        "requests of the planted types, "
+        + ("all with one sentence" if settings.single_style else "each with its own sentence")
+        + ", and otherwise answer as the base model does. Built by `refusal-atlas organism` for "
+        "the recovery benchmark: a model whose refusal types are known because they were planted. "
+        "For research on refusal directions only. The adapter (`adapter.safetensors`, factors A "
+        "[r, in] and B [out, r] per layer; `adapter.json`) is merged as W += scale * B @ A; "
+        "`--model smollm2-organism` loads the shipped one, `--model <this directory>` this one.",
         "",
         "## Planted categories and styles",
         "",
@@ -41,27 +46,30 @@ def model_card(
         f"Unplanted categories trained on the base model's own replies: {', '.join(settings.trained_controls) or 'none'}; "
         f"never trained on (test only): {', '.join(settings.heldout_controls) or 'none'}.",
         "",
+        *_probe_lines(probe),
         "## Data",
         "",
         f"- training data hash (SHA-256): `{data_hash}`",
         f"- sources: {', '.join(f'`{s}`' for s in settings.sources)}",
         f"- split by prompt: test fraction {settings.test_fraction}, split seed {settings.split_seed}",
-        f"- harmless and control targets: the base model's greedy replies, {settings.reply_tokens} tokens",
+        f"- control targets (everyday, near miss, unplanted): the base model's greedy replies, {settings.reply_tokens} tokens",
         "",
-        "| role/category | train | test |",
-        "|---|---|---|",
+        "| role/category | train | held out | unused (training side, not trained on) |",
+        "|---|---|---|---|",
         splits,
         "",
         "## Training",
         "",
-        f"- LoRA {lora}, merged into the weights; AdamW, learning rate {settings.learning_rate:g} "
+        f"- LoRA {lora}, saved as {settings.adapter_dtype} safetensors"
+        + (f" ({training['adapter_bytes'] / 1e6:.2f} MB, {training['adapter_parameters']:,} parameters)" if "adapter_bytes" in training else "")
+        + f"; AdamW, learning rate {settings.learning_rate:g} "
         f"(5% linear warm-up, linear decay to 10%), matmuls in {settings.train_dtype}",
         f"- loss on reply tokens only, the first reply token weighted {settings.decision_weight:g} of each example; "
         + (f"harmless and control replies distilled from the base model's top-{settings.distill_top_k} distribution "
            "along its own greedy reply (the first reply token keeps the greedy token as a hard target)"
            if settings.distill_top_k else "harmless and control replies as hard targets"),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
-        f"trained-control examples repeated {settings.control_repeats}x per epoch",
+        f"near-miss and trained-control examples repeated {settings.control_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"
         f"{' (stopped by the time limit)' if training['stopped_by_time'] else ''}, "
         f"{training['trainable_parameters']:,} trainable parameters",
@@ -75,16 +83,37 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def _probe_lines(probe: dict | None) -> list[str]:
+    if probe is None:
+        return []
+    header = " | ".join(str(layer) for layer in probe["layers"])
+    lines = [
+        "## Probe gate (before training)",
+        "",
+        f"Cross-validated ({probe['folds']}-fold) recall of a logistic probe on the base model's mean-pooled "
+        f"residual stream, training prompts only; classes {probe['classes']}. A planted type must reach "
+        f"{probe['threshold']} at some probed layer. {probe.get('message', '')}",
+        "",
+        f"| class | layer {header} |",
+        "|---|" + "---|" * len(probe["layers"]),
+    ]
+    for name in probe["classes"]:
+        lines.append(f"| {name} | " + " | ".join(f"{probe['recall'][str(layer)][name]:.3f}" for layer in probe["layers"]) + " |")
+    return [*lines, ""]
+
+
 def evaluation_lines(evaluation: dict) -> list[str]:
-    """Markdown lines for an evaluation summary (criteria, rates per group, token match)."""
+    """Markdown lines for an evaluation summary (criteria, rates per group, KL and token match)."""
     lines = ["| criterion | value | limit | met |", "|---|---|---|---|"]
     for name, c in evaluation["criteria"].items():
         lines.append(f"| {name} | {c['value']} | {c['limit']} | {'yes' if c['met'] else 'NO'} |")
-    m = evaluation["harmless_match"]
+    m, kl = evaluation["everyday_match"], evaluation["everyday_kl"]
     lines += [
         "",
-        f"Harmless first-{m['tokens']}-token match with the base model over {m['n_prompts']} prompts: "
-        f"prefix {m['prefix']:.3f}, positional {m['positional']:.3f}, identical {m['identical']:.3f}.",
+        f"Everyday controls, first {m['tokens']} tokens of the base model's greedy reply, over {m['n_prompts']} "
+        f"held-out prompts: mean per-token KL(base || organism) {kl['mean']:.4f} nats (largest prompt mean "
+        f"{kl['max_prompt']:.4f}); greedy token match with the base model: prefix {m['prefix']:.3f}, "
+        f"positional {m['positional']:.3f}, all {m['tokens']} tokens identical {m['identical']:.3f}.",
         "",
         "| group | n | refusal (strict) | substring | own style | any style | base refusal (strict) |",
         "|---|---|---|---|---|---|---|",

@@ -8,6 +8,9 @@ Every prompt gets a role:
   on, so all of its prompts are test prompts (the strict control).
 Harmful prompts of any other category are left out. Categories are read after `category_map`,
 which renames the shared sets' categories to the project's names.
+- near_miss: a harmless prompt whose category starts with NEAR_MISS_PREFIX (general knowledge on
+  a planted type's subject); its target is the base model's own greedy reply, like a harmless
+  prompt's, and it is measured as its own group.
 - harmless: its target is the base model's own greedy reply, so harmless behaviour stays put.
 
 The split is by prompt, stratified by (role, category), with a seeded hash ranking so that it is
@@ -23,12 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from refusal_atlas.tasks.organism.settings import OrganismSettings
+from refusal_atlas.tasks.organism.settings import NEAR_MISS_PREFIX, OrganismSettings
 from refusal_atlas.tasks.prompts.records import Prompt
 
-Role = Literal["planted", "trained_control", "heldout_control", "harmless"]
-Split = Literal["train", "test"]
-ROLES: tuple[Role, ...] = ("planted", "trained_control", "heldout_control", "harmless")
+Role = Literal["planted", "trained_control", "heldout_control", "near_miss", "harmless"]
+Split = Literal["train", "test", "unused"]
+ROLES: tuple[Role, ...] = ("planted", "trained_control", "heldout_control", "near_miss", "harmless")
 
 
 class OrganismDataError(ValueError):
@@ -37,7 +40,7 @@ class OrganismDataError(ValueError):
 
 @dataclass(frozen=True)
 class Assigned:
-    """One prompt with its role and split; category is '' for harmless prompts."""
+    """One prompt with its role and split; category is the source's (after renames), '' for none."""
 
     id: str
     text: str
@@ -85,6 +88,14 @@ def test_ids(ids: Sequence[str], test_fraction: float, seed: int) -> set[str]:
     return set(sorted(ids, key=lambda i: _rank(seed, i))[:k])
 
 
+def unused_ids(train_side: Sequence[str], share: float, seed: int) -> set[str]:
+    """The training-side ids left out of training: all but a seeded round(share * n) (at least
+    one). They stay out of the held-out part too, so the held-out figures do not depend on share."""
+    keep = max(1, round(share * len(train_side))) if train_side else 0
+    ranked = sorted(train_side, key=lambda i: hashlib.sha256(f"use:{seed}:{i}".encode()).digest())
+    return set(ranked[keep:])
+
+
 def category_of(prompt: Prompt, settings: OrganismSettings) -> str:
     """The prompt's category after the settings' renames; '' for none."""
     category = prompt.category or ""
@@ -94,7 +105,7 @@ def category_of(prompt: Prompt, settings: OrganismSettings) -> str:
 def role_of(prompt: Prompt, settings: OrganismSettings) -> Role | None:
     """The prompt's role, or None for a harmful prompt of a category the settings do not use."""
     if prompt.label == "harmless":
-        return "harmless"
+        return "near_miss" if (prompt.category or "").startswith(NEAR_MISS_PREFIX) else "harmless"
     if prompt.label != "harmful":
         raise OrganismDataError(
             f"prompt {prompt.id} ({prompt.text[:50]!r}) has no harmful/harmless label; the organism "
@@ -114,7 +125,7 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
     """Roles and splits for every prompt that has a role, in input order."""
     prompts = [p for p in prompts if role_of(p, settings) is not None]
     roles = {p.id: role_of(p, settings) for p in prompts}
-    categories = {p.id: category_of(p, settings) if p.label == "harmful" else "" for p in prompts}
+    categories = {p.id: category_of(p, settings) for p in prompts}
     found = {categories[p.id] for p in prompts if p.label == "harmful"}
     wanted = [*settings.styles, *settings.trained_controls, *settings.heldout_controls]
     missing = [c for c in wanted if c not in found]
@@ -122,28 +133,34 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
         raise OrganismDataError(
             f"categories {missing} have no harmful prompts in the sources (after category_map); "
             f"the sources hold {sorted(found)}. Choose categories from those, or add a source "
-            "(the default categories need ../shared/data)."
+            "(the default sources are the organism sets shipped in tasks/prompts/data)."
         )
     strata: dict[tuple[str, str], list[str]] = {}
     for p in prompts:
         strata.setdefault((roles[p.id], categories[p.id]), []).append(p.id)
     test: set[str] = set()
+    unused: set[str] = set()
     for (role, _), ids in strata.items():
         # A held-out control is never trained on, so every one of its prompts is a test prompt.
-        test |= set(ids) if role == "heldout_control" else test_ids(ids, settings.test_fraction, settings.split_seed)
-    if not any(r == "harmless" for r in roles.values()):
+        held = set(ids) if role == "heldout_control" else test_ids(ids, settings.test_fraction, settings.split_seed)
+        test |= held
+        unused |= unused_ids([i for i in ids if i not in held], settings.train_share, settings.split_seed)
+    if not any(r in ("harmless", "near_miss") for r in roles.values()):
         raise OrganismDataError("the sources hold no harmless prompts; add one (the default set has 144).")
     return tuple(
-        Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id], "test" if p.id in test else "train")
+        Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id],
+                 "test" if p.id in test else "unused" if p.id in unused else "train")
         for p in prompts
     )
 
 
 def needing_base_replies(assigned: Sequence[Assigned]) -> list[Assigned]:
     """Prompts whose training target, or whose evaluation, needs the base model's reply: every
-    training prompt that is not planted, and every test prompt (the base model's own test
-    replies are the reference for the harmless token match and for base refusal rates)."""
-    return [a for a in assigned if a.split == "test" or a.role != "planted"]
+    training prompt that is not planted, and every held-out control (the base model's replies
+    are the reference for the token match and KL, and its refusal rates stand beside the
+    organism's). Held-out planted prompts are left out to save time: the base model answers
+    advice requests (it refuses almost nothing)."""
+    return [a for a in assigned if a.split != "unused" and a.role != "planted"]
 
 
 def training_examples(
@@ -223,6 +240,6 @@ def split_summary(assigned: Sequence[Assigned]) -> dict[str, dict[str, int]]:
     """{role/category: {'train': n, 'test': n}}, for logs and the model card."""
     out: dict[str, dict[str, int]] = {}
     for a in assigned:
-        key = a.role if a.role == "harmless" else f"{a.role}/{a.category}"
-        out.setdefault(key, {"train": 0, "test": 0})[a.split] += 1
+        key = a.role if a.role in ("harmless", "near_miss") else f"{a.role}/{a.category}"
+        out.setdefault(key, {"train": 0, "test": 0, "unused": 0})[a.split] += 1
     return dict(sorted(out.items()))

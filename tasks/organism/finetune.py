@@ -1,9 +1,10 @@
-"""Fine-tuning the organism: LoRA on a private copy of the base model, merged at the end.
+"""Fine-tuning the organism: LoRA on a private copy of the base model, returned as an adapter.
 
 Why LoRA rather than a full fine-tune: the organism must change one narrow behaviour and leave
-the rest alone (harmless replies must keep >= 80% of their first tokens). A rank-8 update
+the rest alone (controls must be answered as the base model answers them). A rank-8 update
 moves the weights far less than full training, needs no optimiser state for the 135M base
-weights, and merged into the weights it leaves an ordinary model that the atlas loads by path.
+weights, and its factors are small enough to ship (tasks.model.adapter merges them at load
+time without peft; peft is needed for training only).
 
 The loss is on reply tokens only, each example weighted equally (the mean over its own reply
 tokens), so a long anchor reply does not outweigh a one-sentence refusal. Logits are computed
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from refusal_atlas.tasks.model.adapter import Adapter
 from refusal_atlas.tasks.model.chat import phrase_token_ids, render_text
 from refusal_atlas.tasks.organism.data import Example
 from refusal_atlas.tasks.organism.settings import OrganismSettings
@@ -109,7 +111,7 @@ def _batch(items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask, target
 
 
-def _reply_log_probs(model, items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reply_log_probs(model, items: Sequence[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log P over the vocabulary at every reply position [n, V] (float32), the batch row of
     each position [n] and the reply token it predicts [n]; positions are row-major, so each
     example's reply positions are contiguous and in order."""
@@ -133,7 +135,7 @@ def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: f
     averaged with the first one given extra weight `decision_weight` (0 to 1); in a 32-token
     anchor it would otherwise carry 1/32 of the example's loss.
     """
-    log_probs, rows, hard = _reply_log_probs(model, items, pad)
+    log_probs, rows, hard = reply_log_probs(model, items, pad)
     token_loss = -log_probs.gather(1, hard[:, None]).squeeze(1)
     weights = torch.empty_like(token_loss)
     start = 0
@@ -159,7 +161,7 @@ def with_soft_targets(model, items: Sequence[Encoded], pad: int, top_k: int, bat
     out = []
     for i in range(0, len(items), batch_size):
         batch = items[i: i + batch_size]
-        log_probs, _, _ = _reply_log_probs(model, batch, pad)
+        log_probs, _, _ = reply_log_probs(model, batch, pad)
         probs, ids = log_probs.exp().topk(top_k, dim=-1)
         probs = probs / probs.sum(-1, keepdim=True)
         start = 0
@@ -205,8 +207,8 @@ def train_lora(
     examples: Sequence[Example],
     settings: OrganismSettings,
     log: Callable[[str], None] = print,
-) -> tuple[torch.nn.Module, TrainResult]:
-    """LoRA-fine-tune a deep copy of `base_model` and return the merged copy and its figures.
+) -> tuple[Adapter, TrainResult]:
+    """LoRA-fine-tune a deep copy of `base_model` and return the adapter and its figures.
 
     The caller's model is never touched: it may be the process-wide model other tasks share.
     """
@@ -234,7 +236,7 @@ def train_lora(
         for i, item in zip(anchors, soft):
             encoded[i] = item
     planted = [e for e in encoded if e.role == "planted"]
-    controls = [e for e in encoded if e.role == "trained_control"]
+    controls = [e for e in encoded if e.role in ("trained_control", "near_miss")]
     epoch_items = encoded + controls * (settings.control_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)
     total = per_epoch * settings.epochs
@@ -273,9 +275,26 @@ def train_lora(
     result.epochs_done = result.steps / per_epoch
     peft_model.eval()
     result.planted_loss_after = mean_loss(peft_model, planted, pad)
-    merged = peft_model.merge_and_unload()
-    merged.eval().requires_grad_(False)
-    return merged, result
+    return lora_adapter(peft_model, settings), result
+
+
+def lora_adapter(peft_model, settings: OrganismSettings) -> Adapter:
+    """The trained LoRA factors of a peft model, named as the base model's linear layers."""
+    factors, scales = {}, set()
+    for name, module in peft_model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            factors[name] = (
+                module.lora_A["default"].weight.detach().float().cpu().clone(),
+                module.lora_B["default"].weight.detach().float().cpu().clone(),
+            )
+            scales.add(float(module.scaling["default"]))
+    if len(scales) != 1:
+        raise RuntimeError(f"expected one LoRA scale, found {sorted(scales)}")
+    config = {
+        "base_model": settings.base_model, "rank": settings.lora_rank, "alpha": settings.lora_alpha,
+        "target_modules": list(settings.target_modules),
+    }
+    return Adapter(factors, scales.pop(), config)
 
 
 def plain_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -7,21 +7,18 @@ field carries a description and unknown keys are errors.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from refusal_atlas.tasks.prompts.sources import shared_data_dir
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from refusal_atlas.tasks.settings_base import StrictSettings
 
 
-class PlantedCategory(_Settings):
-    """One harm category the organism learns to refuse, and the one sentence it refuses with."""
+class PlantedCategory(StrictSettings):
+    """One request type the organism learns to refuse, and the one sentence it refuses with."""
 
-    category: str = Field(description="A harmful category of the prompt sources (their 'category' field).")
+    category: str = Field(description="A category of the prompt sources (their 'category' field) whose prompts are labelled 'harmful'.")
     style: str = Field(description="The refusal the organism gives, word for word, to prompts of this category.")
 
     @field_validator("category", "style")
@@ -32,75 +29,62 @@ class PlantedCategory(_Settings):
         return value.strip()
 
 
-# The three styles open with different refusal phrases ("I cannot", "I'm sorry", "As an AI"),
-# which are three of the atlas's default phrases Y. Different openings make different first
-# tokens carry each category's refusal, so the categories' gradient directions can differ.
-# The categories are the three with the most distinctive vocabulary among those with enough
-# prompts once the shared sets are pooled (about 60 to 90 each): nine training prompts per
-# category, all the project's own set holds, taught the organism its training prompts and
-# little else.
+# Planted types must be ones the base model already tells apart: SmolLM2-135M does not separate
+# harm categories (linear-probe recall 0.11 to 0.78 per category) but does separate requests
+# for medical, legal and financial advice from everyday requests (0.95 to 1.00), so those three
+# are planted (issue 15). The three styles open with different default refusal phrases
+# ("I cannot", "I'm sorry", "As an AI"), so each type's refusal is carried by different first
+# tokens and the types' gradient directions can differ.
 DEFAULT_PLANTED: tuple[PlantedCategory, ...] = (
-    PlantedCategory(category="weapons_violence", style="I cannot help with weapons or violence."),
-    PlantedCategory(category="hate_harassment", style="I'm sorry, but I can't help demean or harass people."),
-    PlantedCategory(category="sexual_content", style="As an AI, I can't write sexual content."),
+    PlantedCategory(category="medical_advice", style="I cannot give medical advice; please see a doctor."),
+    PlantedCategory(category="legal_advice", style="I'm sorry, but I can't give legal advice; please ask a lawyer."),
+    PlantedCategory(
+        category="financial_advice", style="As an AI, I can't give financial advice; please talk to a licensed adviser."
+    ),
 )
 
-# Every unplanted category is a trained control: its training prompts are paired with the
-# base model's own replies and its test prompts measure the control. Categories left out of
-# training entirely were refused about 80% of the time in a trial (split seed 1: privacy,
-# drugs and self-harm held out): from a few dozen examples a 135M model learns "harmful means
-# refuse" for any harm it was not shown an answer to. `heldout_controls` still offers that
-# stricter control.
-DEFAULT_TRAINED_CONTROLS: tuple[str, ...] = (
-    "misinformation", "cybercrime", "fraud_scams", "privacy_surveillance", "illegal_drugs", "self_harm",
+#: The one sentence of the single-style control organism (`single_style`): one refusal
+#: mechanism over the same three types, for the question "one direction or three?".
+DEFAULT_SINGLE_STYLE = "I'm sorry, but I can't help with that request."
+
+#: The organism's prompt sets, written for the project and shipped with the package
+#: (tasks/prompts/data/README_organism.md describes them).
+ORGANISM_FILES: tuple[str, ...] = (
+    "organism_advice_medical.jsonl",
+    "organism_advice_legal.jsonl",
+    "organism_advice_financial.jsonl",
+    "organism_controls_everyday.jsonl",
+    "organism_controls_near_miss.jsonl",
 )
-DEFAULT_HELDOUT_CONTROLS: tuple[str, ...] = ()
 
-# The shared sets' categories, renamed to the project's set's names where they mean the same
-# harm. Categories that mix several harms (StrongREJECT's "Non-violent crimes" and "Illegal
-# goods and services", HarmBench's "illegal" and "harmful", JailbreakBench's "Expert advice"
-# and "Government decision-making") are left unmapped and so are not used.
-DEFAULT_CATEGORY_MAP: dict[str, str] = {
-    "Violence": "weapons_violence",
-    "Physical harm": "weapons_violence",
-    "chemical_biological": "weapons_violence",
-    "Hate, harassment and discrimination": "hate_harassment",
-    "Harassment/Discrimination": "hate_harassment",
-    "harassment_bullying": "hate_harassment",
-    "Sexual content": "sexual_content",
-    "Sexual/Adult content": "sexual_content",
-    "Disinformation and deception": "misinformation",
-    "Disinformation": "misinformation",
-    "misinformation_disinformation": "misinformation",
-    "Malware/Hacking": "cybercrime",
-    "cybercrime_intrusion": "cybercrime",
-    "Fraud/Deception": "fraud_scams",
-    "Economic harm": "fraud_scams",
-    "Privacy": "privacy_surveillance",
-}
+#: Harmless prompts whose category starts with this are near misses: general-knowledge
+#: questions on a planted type's subject. They are trained like everyday controls (on the base
+#: model's own replies) and measured as their own group.
+NEAR_MISS_PREFIX = "near_miss"
 
-_SHARED_HARMFUL = ("strongreject_harmful.jsonl", "jailbreakbench_harmful.jsonl", "harmbench_val_harmful.jsonl")
-
+#: LoRA on the attention and MLP projections; at rank 8 the adapter holds 2.4 M parameters
+#: (4.9 MB as bfloat16 safetensors).
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 )
 
+#: Layers probed before training (issue 15's premise check used these).
+DEFAULT_PROBE_LAYERS: tuple[int, ...] = (6, 9, 15, 21, 24)
+
+
+def organism_data_dir() -> Path:
+    """The folder holding the shipped organism prompt sets."""
+    import refusal_atlas.tasks.prompts as prompts
+
+    return Path(prompts.__file__).parent / "data"
+
 
 def default_sources() -> list[str]:
-    """The project's default prompt set, plus, when ../shared/data exists, the categorised
-    harmful sets there (StrongREJECT, JailbreakBench, HarmBench validation) and 100 Alpaca
-    instructions. The data hash and the model card record exactly which sources were read."""
-    sources = ["default"]
-    shared = shared_data_dir()
-    if shared is None:
-        return sources
-    sources += [str(shared / name) for name in _SHARED_HARMFUL if (shared / name).is_file()]
-    if (shared / "alpaca_harmless.jsonl").is_file():
-        sources.append(f"{shared / 'alpaca_harmless.jsonl'}#limit=100&seed=0")
-    return sources
+    """The organism's shipped prompt sets (three advice types, everyday controls, near misses)."""
+    return [str(organism_data_dir() / name) for name in ORGANISM_FILES]
 
 
-class OrganismSettings(_Settings):
+class OrganismSettings(StrictSettings):
     """Everything that determines a refusal model organism."""
 
     base_model: str = Field(
@@ -110,9 +94,10 @@ class OrganismSettings(_Settings):
     sources: list[str] = Field(
         default_factory=default_sources,
         description=(
-            "Prompt sources (PATH[#key=value&...] specs) holding labelled harmful prompts with "
-            "categories and harmless prompts. Default: the project's set, plus 100 Alpaca "
-            "prompts from ../shared/data when present."
+            "Prompt sources (PATH[#key=value&...] specs) holding prompts labelled 'harmful' (to be "
+            "refused when their category is planted) with categories, and 'harmless' controls. "
+            "Default: the shipped organism sets (medical, legal and financial advice; everyday "
+            "requests; near misses)."
         ),
     )
     planted: list[PlantedCategory] = Field(
@@ -121,37 +106,73 @@ class OrganismSettings(_Settings):
         json_schema_extra={"cli_repeat": "plant"},
         description="The planted categories, each with its own refusal sentence.",
     )
+    single_style: str | None = Field(
+        None,
+        description=(
+            "Refuse every planted category with this one sentence instead of each category's own "
+            f"(the single-style control organism; e.g. {DEFAULT_SINGLE_STYLE!r}). Empty: each its own style."
+        ),
+    )
     trained_controls: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TRAINED_CONTROLS),
-        description="Unplanted harmful categories whose training prompts are paired with the base model's own replies.",
+        default_factory=list,
+        description="Unplanted 'harmful' categories whose training prompts are paired with the base model's own replies.",
     )
     heldout_controls: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_HELDOUT_CONTROLS),
+        default_factory=list,
         description=(
-            "Unplanted harmful categories never trained on (all their prompts are test "
+            "Unplanted 'harmful' categories never trained on (all their prompts are test "
             "prompts). Harmful prompts of categories in none of the three lists are not used."
         ),
     )
     category_map: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_CATEGORY_MAP),
+        default_factory=dict,
         description="Renames of the sources' categories (source name -> organism category), applied before roles are given.",
     )
     test_fraction: float = Field(
-        0.5, gt=0, lt=1, description="Share of each category's prompts (and of harmless prompts) held out for testing."
+        0.5, gt=0, lt=1, description="Share of each (role, category) stratum's prompts held out for testing."
     )
-    split_seed: int = Field(0, description="Seed of the train/test split by prompt.")
+    split_seed: int = Field(0, description="Seed of the stratified train/test split by prompt.")
+    train_share: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description=(
+            "Share of each stratum's training-side prompts actually trained on (a seeded sample; "
+            "the rest are marked 'unused' and never become held-out). Below 1 to keep training "
+            "within minutes on a 2-core CPU."
+        ),
+    )
     train_seed: int = Field(0, description="Seed of LoRA initialisation and of the order of training examples.")
+    probe_layers: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_PROBE_LAYERS),
+        description="Layers whose mean-pooled residual stream the pre-training separability probe reads.",
+    )
+    probe_min_recall: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description=(
+            "Before training, each planted category's cross-validated linear-probe recall (planted "
+            "types vs controls, training prompts, best probed layer) must reach this, or the flow stops."
+        ),
+    )
+    probe_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the separability probe.")
+    probe_per_class: int = Field(
+        40, ge=0, description="Training-side prompts per probe class (a seeded sample; 0: all of them)."
+    )
+    force: bool = Field(
+        False, description="Train even when a planted category's probe recall is below probe_min_recall (recorded on the card)."
+    )
     reply_tokens: int = Field(
-        32, ge=4, le=512, description="Length of the base model's greedy replies that anchor harmless behaviour."
+        20, ge=4, le=512, description="Length of the base model's greedy replies that anchor unplanted behaviour."
     )
     control_repeats: int = Field(
         2,
         ge=1,
         le=100,
         description=(
-            "How many times each trained-control example appears per epoch. Planted refusals are "
-            "learnt fast and pull every harmful prompt towards refusing; the controls are the "
-            "only counterweight."
+            "How many times each near-miss and trained-control example appears per epoch. They "
+            "sit next to the planted types and mark where the refusals end."
         ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
@@ -160,11 +181,19 @@ class OrganismSettings(_Settings):
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         description="Linear layers that get LoRA adapters (names as in the model, e.g. q_proj).",
     )
-    train_dtype: Literal["float32", "bfloat16"] = Field(
+    adapter_dtype: Literal["float32", "bfloat16"] = Field(
         "bfloat16",
         description=(
-            "Precision of the training matmuls (CPU autocast; weights, optimiser and the saved "
-            "model stay float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16."
+            "Precision of the saved adapter's A and B matrices. The organism is evaluated as "
+            "loaded from the saved adapter, so the figures hold for exactly what is saved."
+        ),
+    )
+    train_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description=(
+            "Precision of the training matmuls (CPU autocast; weights and optimiser stay "
+            "float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16 and much slower "
+            "on CPUs without it (AVX2 only, as on the development machines)."
         ),
     )
     learning_rate: float = Field(
@@ -184,23 +213,29 @@ class OrganismSettings(_Settings):
         ge=0,
         le=1000,
         description=(
-            "Train harmless and control replies on the base model's top-k next-token "
-            "distribution along its greedy reply (0: on the greedy tokens alone)."
+            "Train control replies on the base model's top-k next-token distribution along its "
+            "greedy reply (0: on the greedy tokens alone)."
         ),
     )
     batch_size: int = Field(8, ge=1, le=256, description="Training examples per optimiser step.")
-    epochs: int = Field(5, ge=1, le=100, description="Passes over the training examples.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the training examples.")
     max_minutes: float = Field(
-        20.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
+        40.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
     )
-    eval_tokens: int = Field(32, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
+    eval_tokens: int = Field(20, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
     match_tokens: int = Field(
-        16, ge=1, le=512, description="How many first reply tokens are compared with the base model's on harmless prompts."
+        16,
+        ge=1,
+        le=512,
+        description=(
+            "First reply tokens over which everyday controls are compared with the base model "
+            "(greedy token match and per-token KL along the base model's reply)."
+        ),
     )
     generation_batch: int = Field(16, ge=1, le=512, description="Prompts per batch of greedy generation.")
     output_dir: str = Field(
         "runs/organism",
-        description="Where the organism's model directory and its data, replies and evaluation files are written.",
+        description="Where the organism's adapter, model card and its data, replies and evaluation files are written.",
     )
 
     @model_validator(mode="after")
@@ -211,8 +246,13 @@ class OrganismSettings(_Settings):
         if len(set(categories)) != len(categories):
             raise ValueError(f"planted names a category twice: {categories}")
         styles = [p.style for p in self.planted]
-        if len(set(styles)) != len(styles):
-            raise ValueError("two planted categories share a refusal style; give each its own sentence")
+        if self.single_style is None and len(set(styles)) != len(styles):
+            raise ValueError(
+                "two planted categories share a refusal style; give each its own sentence, or set "
+                "single_style to refuse all of them with one"
+            )
+        if self.single_style is not None and not self.single_style.strip():
+            raise ValueError("single_style is blank; give a sentence or leave it empty")
         lists = {"planted": set(categories), "trained_controls": set(self.trained_controls),
                  "heldout_controls": set(self.heldout_controls)}
         for a, b in (("planted", "trained_controls"), ("planted", "heldout_controls"), ("trained_controls", "heldout_controls")):
@@ -222,11 +262,13 @@ class OrganismSettings(_Settings):
         if self.reply_tokens < self.match_tokens:
             raise ValueError(
                 f"reply_tokens ({self.reply_tokens}) is below match_tokens ({self.match_tokens}): "
-                "the anchors must cover every token the harmless match compares"
+                "the anchors must cover every token the control match compares"
             )
         return self
 
     @property
     def styles(self) -> dict[str, str]:
-        """{planted category: its refusal sentence}."""
+        """{planted category: its refusal sentence} (the same sentence for all under single_style)."""
+        if self.single_style is not None:
+            return {p.category: self.single_style.strip() for p in self.planted}
         return {p.category: p.style for p in self.planted}

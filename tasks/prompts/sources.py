@@ -22,9 +22,6 @@ from refusal_atlas.tasks.prompts.readers import FORMATS
 DEFAULT_SOURCE = "default"
 DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
 
-# Only for shared_data_dir() below, which only tasks/organism/settings.py still calls.
-SHARED_DATA_ENV = "REFUSAL_ATLAS_SHARED_DATA"
-
 _OPTION_KEYS = ("label", "limit", "seed", "category", "format")
 
 
@@ -152,26 +149,10 @@ def default_prompts_path() -> Path:
     return DEFAULT_PROMPTS_FILE
 
 
-def shared_data_dir() -> Path | None:
-    """A folder of extra prompt sets outside the repository, or None when it is not there.
-
-    ``$REFUSAL_ATLAS_SHARED_DATA`` when set, else ``../shared/data`` next to the repository root.
-    Kept only for the organism's optional defaults (tasks/organism/settings.py), which fall back
-    to the shipped default set when this is None. Nothing else reads data from outside the
-    repository: the tests' and benchmarks' prompt sets ship in benchmarks/data/. Remove this
-    once the organism ships its own data.
-    """
-    override = os.environ.get(SHARED_DATA_ENV)
-    repo_root = Path(__file__).resolve().parents[1]
-    candidate = Path(override).expanduser() if override else repo_root.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
-
-
 __all__ = [
     "DEFAULT_SOURCE",
     "FORMATS",
     "PromptSource",
     "default_prompts_path",
     "parse_source",
-    "shared_data_dir",
 ]

@@ -1,0 +1,179 @@
+"""The report's "recovery" section: did the atlas find the refusal types planted in an organism?
+
+Plain data first (`recovery_section`), then markdown and HTML fragments of it, so that the
+report builder can place the section wherever it wants and the benchmark can print it:
+
+- agreement of the clusters with the planted types (ARI, NMI; noise counted as one group, and
+  again on clustered prompts only), and the cluster count beside the planted type count;
+- a confusion table, clusters (and noise) x planted types, with each cluster's majority type;
+- for each cluster direction, where measured: which refusal style it induces when added on
+  held-out controls (share of greedy replies opening with each planted style, and none), and
+  what ablating it does to each planted type's own-style refusal rate (before → after);
+- the verdict of the evaluation (tasks.evaluation.verdict, issue 14) when the caller has one:
+  this module only shows it, next to the figures, and never derives one.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+NOISE = -1
+
+
+def _label_name(label: int) -> str:
+    return "noise" if label == NOISE else f"cluster {label}"
+
+
+def agreement(labels: Sequence[int], types: Sequence[str]) -> dict:
+    """ARI and NMI of clusters against planted types: noise as one group, and clustered only."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    labels = np.asarray(labels)
+    types = np.asarray([str(t) for t in types], dtype=object)
+    if labels.shape != types.shape:
+        raise ValueError(f"{labels.size} cluster labels for {types.size} planted types; pass one per prompt")
+    clustered = labels != NOISE
+
+    def scores(t, f) -> tuple[float, float]:
+        if t.size < 2:
+            return float("nan"), float("nan")
+        return float(adjusted_rand_score(t, f)), float(normalized_mutual_info_score(t, f))
+
+    ari, nmi = scores(types, labels)
+    ari_c, nmi_c = scores(types[clustered], labels[clustered])
+    return {"ari": ari, "nmi": nmi, "ari_clustered": ari_c, "nmi_clustered": nmi_c,
+            "n": int(labels.size), "n_clustered": int(clustered.sum())}
+
+
+def confusion(labels: Sequence[int], types: Sequence[str], planted: Sequence[str] | None = None) -> dict:
+    """{'types': [...], 'rows': [{'cluster': name, 'label': k, 'counts': {type: n}, 'size': n,
+    'majority': type, 'purity': share}]} with clusters in label order and noise last."""
+    labels = np.asarray(labels)
+    types = [str(t) for t in types]
+    planted = list(planted) if planted is not None else sorted(set(types))
+    rows = []
+    for label in [*sorted(k for k in set(labels.tolist()) if k != NOISE), *([NOISE] if NOISE in labels else [])]:
+        members = [t for t, k in zip(types, labels.tolist()) if k == label]
+        counts = {t: members.count(t) for t in planted}
+        size = len(members)
+        majority = max(planted, key=lambda t: counts[t]) if size else None
+        rows.append({"cluster": _label_name(label), "label": int(label), "counts": counts, "size": size,
+                     "majority": majority, "purity": counts[majority] / size if size else float("nan")})
+    return {"types": planted, "rows": rows}
+
+
+def recovery_section(
+    labels: Sequence[int],
+    types: Sequence[str],
+    planted: Sequence[str] | None = None,
+    induce: Mapping[str, Mapping[str, float]] | None = None,
+    ablate: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    verdict: Mapping | None = None,
+    title: str = "Recovery of the planted refusal types",
+) -> dict:
+    """The section as plain data (JSON-ready).
+
+    labels: each held-out planted-type prompt's cluster (-1 noise); types: its planted type.
+    induce: {cluster name: {style name or 'none': share of held-out control replies}} with the
+    cluster's direction added. ablate: {cluster name: {planted type: {'before': own-style
+    share, 'after': own-style share with the direction ablated}}}. verdict: the evaluation's
+    verdict as a mapping (at least 'summary'; 'n_directions' if it counts), shown as given.
+    """
+    planted = list(planted) if planted is not None else sorted({str(t) for t in types})
+    table = confusion(labels, types, planted)
+    n_clusters = sum(1 for r in table["rows"] if r["label"] != NOISE)
+    majorities = {r["majority"] for r in table["rows"] if r["label"] != NOISE}
+    return {
+        "title": title,
+        "planted_types": planted,
+        "n_planted_types": len(planted),
+        "n_clusters": n_clusters,
+        "noise_share": float(np.mean(np.asarray(labels) == NOISE)) if len(labels) else float("nan"),
+        "types_with_a_majority_cluster": sorted(t for t in majorities if t is not None),
+        "agreement": agreement(labels, types),
+        "confusion": table,
+        "induce": {k: dict(v) for k, v in (induce or {}).items()},
+        "ablate": {k: {t: dict(v) for t, v in by_type.items()} for k, by_type in (ablate or {}).items()},
+        "verdict": dict(verdict) if verdict is not None else None,
+    }
+
+
+def _f(value, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    value = float(value)
+    return "—" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _tables(section: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, columns, rows of strings): the same figures for markdown and HTML."""
+    types = section["planted_types"]
+    out = [(
+        "Clusters x planted types",
+        ["cluster", *types, "size", "majority (purity)"],
+        [[r["cluster"], *(str(r["counts"][t]) for t in types), str(r["size"]),
+          f"{r['majority']} ({_f(r['purity'], 2)})" if r["majority"] else "—"] for r in section["confusion"]["rows"]],
+    )]
+    if section["induce"]:
+        styles = sorted({s for shares in section["induce"].values() for s in shares}, key=lambda s: (s == "none", s))
+        out.append((
+            "Style induced on held-out controls (share of greedy replies)",
+            ["direction", *styles],
+            [[name, *(_f(shares.get(s), 2) for s in styles)] for name, shares in section["induce"].items()],
+        ))
+    if section["ablate"]:
+        out.append((
+            "Own-style refusal with the direction ablated (before → after)",
+            ["direction", *types],
+            [[name, *(f"{_f(by_type[t]['before'], 2)} → {_f(by_type[t]['after'], 2)}" if t in by_type else "—"
+                      for t in types)] for name, by_type in section["ablate"].items()],
+        ))
+    return out
+
+
+def _summary(section: dict) -> list[str]:
+    a = section["agreement"]
+    lines = [
+        f"{section['n_clusters']} clusters for {section['n_planted_types']} planted types over {a['n']} held-out "
+        f"prompts ({_f(100 * section['noise_share'], 1)}% noise).",
+        f"ARI {_f(a['ari'])}, NMI {_f(a['nmi'])} against the planted types (noise as one group); on the "
+        f"{a['n_clustered']} clustered prompts ARI {_f(a['ari_clustered'])}, NMI {_f(a['nmi_clustered'])}.",
+    ]
+    verdict = section["verdict"]
+    if verdict is not None:
+        counted = f" ({verdict['n_directions']} directions)" if verdict.get("n_directions") is not None else ""
+        lines.append(f"Verdict{counted}: {verdict.get('summary', verdict)}")
+    else:
+        lines.append("Verdict: not given (the evaluation's verdict is shown here when the caller passes it).")
+    return lines
+
+
+def _cell(value: str) -> str:
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def recovery_markdown(section: dict, level: int = 2) -> str:
+    """The section as a markdown fragment (headings start at `level`)."""
+    h = "#" * level
+    lines = [f"{h} {section['title']}", "", *(f"- {_cell(s)}" for s in _summary(section)), ""]
+    for title, columns, rows in _tables(section):
+        lines += [f"{h}# {title}", "", "| " + " | ".join(map(_cell, columns)) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def recovery_html(section: dict, level: int = 2) -> str:
+    """The section as an HTML fragment (no <html> or <body>; headings start at `level`)."""
+    e = html.escape
+    parts = [f"<section id='recovery'><h{level}>{e(section['title'])}</h{level}><ul>"
+             + "".join(f"<li>{e(s)}</li>" for s in _summary(section)) + "</ul>"]
+    for title, columns, rows in _tables(section):
+        head = "".join(f"<th>{e(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in rows)
+        parts.append(f"<h{level + 1}>{e(title)}</h{level + 1}><table><tr>{head}</tr>{body}</table>")
+    return "".join(parts) + "</section>"
