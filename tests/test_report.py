@@ -31,7 +31,7 @@ def _effect(name, kind, induce, bypass, cluster=None):
 @pytest.fixture(scope="module")
 def inputs():
     x, truth, _ = planted(n=600, dim=64, k=3, seed=2)
-    settings = ClusterSettings(bootstraps=2, pca_dim=16)
+    settings = ClusterSettings(bootstraps=2, pca_dim=16, null_sets=0)
     comparison = cluster_directions(x, settings, row_layer=np.full(600, 18))
     categories = [f"topic {t}" if t >= 0 else None for t in truth]
     metrics = {s: compute_metrics(comparison.space(s), settings, categories) for s in ("raw", "residual")}
