@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refusal_atlas.tasks.evaluation.controls import Candidate, EvaluationError
+from refusal_atlas.tasks.evaluation.controls import Candidate
 from refusal_atlas.tasks.evaluation.intervals import Estimate, bootstrap_difference
 
 
@@ -44,14 +44,14 @@ class Specificity:
 
 
 def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[Sequence[str]],
-                        scales: Mapping[int, float]) -> Specificity:
+                        scales: Mapping[int, float]) -> Specificity | None:
     """Rows: each cluster direction, the common direction(s), the baseline(s) and the mean over
     random controls per layer; columns: the clusters' held-out prompts (at most n_specificity
-    each). run: a measures.MeasureRun (its model lock held by the caller)."""
+    each; a cluster without held-out prompts gets a NaN column, and None comes back when no
+    cluster has any). run: a measures.MeasureRun (its model lock held by the caller)."""
     per_cluster = [list(texts[: run.s.n_specificity]) for texts in members]
-    if any(not texts for texts in per_cluster):
-        raise EvaluationError("a cluster has no held-out prompts for the specificity matrix; hold out more "
-                              "prompts (heldout_fraction) or add prompts.")
+    if not any(per_cluster):
+        return None
     flat = [run.render(t) for texts in per_cluster for t in texts]
     cluster_of = np.repeat(np.arange(len(per_cluster)), [len(g) for g in per_cluster])
     layer = min(scales)  # ablation acts at every layer; f is read at one (the same for all rows)
@@ -73,7 +73,8 @@ def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[
             rows.append(np.mean(randoms, axis=0))
     effects = np.array(rows)
     k = len(per_cluster)
-    matrix = np.array([[r[cluster_of == j].mean() for j in range(k)] for r in effects])
+    matrix = np.array([[r[cluster_of == j].mean() if (cluster_of == j).any() else np.nan for j in range(k)]
+                       for r in effects])
     return Specificity(matrix, names, [f"cluster {j}" for j in range(k)], [len(g) for g in per_cluster],
                        effects, cluster_of)
 
