@@ -72,8 +72,9 @@ def cluster_store(
     chosen = discovery_rows(ds, settings)
     if chosen.size == 0:
         raise ClusteringError(
-            f"no done discovery prompts have a label in {settings.labels} (done rows: {ds.sizes.get('prompt', 0)}); "
-            "compute directions first, or change the labels to cluster."
+            f"no done prompts have a label in {settings.labels} on the discovery side of the split (done rows: "
+            f"{ds.sizes.get('prompt', 0)}); compute directions first, change the labels to cluster, or hold out "
+            "fewer prompts (heldout_fraction)."
         )
     direction = ds["direction"].data[chosen]  # [n, L, D] dask
     best = np.asarray(ds["best_layer"].values)[chosen]

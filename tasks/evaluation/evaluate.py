@@ -1,22 +1,24 @@
-"""Evaluating cluster directions against the difference-in-means baseline and random controls.
+"""Evaluating cluster directions against the common direction and the other controls.
 
-For every candidate direction c (unit, at a layer L):
+For every candidate direction c (unit, at a layer L; see tasks.evaluation.controls for the
+candidates), on held-out prompts:
 
 - induce: add alpha * s_L * c to layer L's output at every position on harmless prompts, where
-  s_L is the mean ||h_0|| of those prompts at L (`EvalSettings.alpha`); report the change in f,
-  in the refusal log-odds, and the share of greedy replies judged refusals (substring and strict);
-- bypass: project c out of the embeddings, every block's input and output and every attention
-  and MLP output on harmful prompts (Arditi's directional ablation); the same measures;
+  s_L is the mean ||h_0|| of those prompts at L (`EvalSettings.alpha`); the change in f per
+  prompt, in the refusal log-odds, and (for candidates with `generate`) the share of greedy
+  replies judged refusals (substring and strict);
+- bypass: project c out of every block's input and every attention and MLP output on harmful
+  prompts (Arditi's directional ablation); the same measures;
 - side effects: KL(base || ablated) of the next-token distribution, averaged over the first
   `kl_tokens` positions of the unmodified model's greedy replies to harmless prompts,
-  teacher-forced (one value per prompt, so the mean can carry an interval);
-- specificity: the mean change in f when cluster k's direction is added (as in induce) on
-  cluster j's member prompts, a [K, K] matrix, plus rows for the baseline and the mean random
-  control.
+  teacher-forced, one value per prompt (not for subset controls, which no criterion reads it of);
+- specificity: the fall in f when each cluster direction is ablated on each cluster's held-out
+  prompts (tasks.evaluation.specificity).
 
-Candidates at one layer all get the same norm, so cluster, baseline and random directions are
-compared like for like. Nothing here assumes the cluster directions work: the result holds the
-numbers for every candidate, and the report says which won.
+Per-prompt changes are kept, so every mean can carry a bootstrap interval and a cluster
+direction can be compared with the common direction on the same prompts (tasks.evaluation.
+evidence). Candidates at one layer all get the same norm. Nothing here assumes the cluster
+directions work: the result holds the numbers for every candidate, and the verdict decides.
 """
 
 from __future__ import annotations
