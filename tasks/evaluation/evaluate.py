@@ -125,9 +125,11 @@ def evaluate_directions(
     """
     s = settings or EvalSettings()
     if not harmless:
-        raise EvaluationError("no harmless prompts: induce and side effects need them. Add a harmless source.")
+        raise EvaluationError("no (held-out) harmless prompts: induce and side effects need them. Add a "
+                              "harmless source, or raise clustering.heldout_fraction.")
     if not harmful:
-        raise EvaluationError("no harmful prompts: bypass needs them. Add a harmful source.")
+        raise EvaluationError("no (held-out) harmful prompts: bypass needs them. Add a harmful source, or "
+                              "raise clustering.heldout_fraction.")
     if not candidates:
         raise EvaluationError("no directions to evaluate: the clustering found no clusters and no baseline was given.")
     run = MeasureRun(engine, s)
