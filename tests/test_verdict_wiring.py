@@ -106,3 +106,8 @@ def test_the_cli_summary_opens_with_the_verdict(two_planted):
     lines = run_summary(result).strip().splitlines()
     assert lines[0].startswith("Verdict: 2 directions.")
     assert any("specific (held out)" in line and "[" in line for line in lines[1:])
+
+
+def test_significance_without_clusters_survives_the_run_attributes():
+    back = from_attrs(to_attrs(_significance(0)))
+    assert back.null.observed_clusters == 0 and back.stability.median.shape == (0,)

@@ -95,8 +95,10 @@ def from_attrs(data: dict | None) -> Significance | None:
         n[key] = _array(n[key])
     n["null_clusters"] = _array(n["null_clusters"], np.int64)
     null = NullModelResult(**n)
-    jaccard = np.array([_array(row) for row in data["stability"]["jaccard"]], dtype=np.float64)
-    jaccard = jaccard.reshape(null.observed_clusters, -1)
+    rows = data["stability"]["jaccard"]
+    # Without clusters there are no rows, and reshape cannot infer a width from nothing.
+    jaccard = (np.array([_array(row) for row in rows], dtype=np.float64) if rows
+               else np.zeros((0, null.n_null)))
     threshold = float(data["stability"]["threshold"])
     median = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in jaccard])
     stability = ClusterStability(jaccard, median, median >= threshold, threshold)
