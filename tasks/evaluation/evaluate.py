@@ -121,7 +121,8 @@ def evaluate_directions(
     engine: a `DirectionEngine` (its model, renderer, refusal target and pad id are used);
     members: per cluster, its held-out prompts (the first `n_specificity` are used for the
     specificity matrix). Subset controls get no KL and only candidates with `generate` get
-    replies. A progress bar on stderr counts the candidates. The model's lock is held throughout.
+    replies. A progress bar on stderr counts the base measures, the candidates and the
+    specificity. The model's lock is held throughout.
     """
     s = settings or EvalSettings()
     if not harmless:
@@ -135,15 +136,19 @@ def evaluate_directions(
     run = MeasureRun(engine, s)
     harmless_r = [engine.render(t) for t in sample(harmless, s.n_harmless, s.seed)]
     harmful_r = [engine.render(t) for t in sample(harmful, s.n_harmful, s.seed)]
-    with engine.loaded.lock:
+    # One bar for the whole stage: the unmodified model's replies, every candidate and the
+    # specificity matrix, so that no part of it runs for minutes without a sign of life.
+    bar = tqdm(total=len(candidates) + 2, desc="evaluation", unit="step", file=sys.stderr)
+    with engine.loaded.lock, bar:
         layers = sorted({c.layer for c in candidates})
         base_less = {layer: run.score(harmless_r, layer) for layer in layers}
         scales = {layer: float(s.alpha * base_less[layer].h_norm.mean()) for layer in layers}
         base_ful = run.score(harmful_r, layers[0])
         gen_less, gen_ful = run.judge(harmless_r[: s.n_generate]), run.judge(harmful_r[: s.n_generate])
         forced = run.forced(harmless_r)
+        bar.update()
         effects = []
-        for c in tqdm(candidates, desc="evaluation", unit="direction", file=sys.stderr):
+        for c in candidates:
             add = run.adder(c, scales[c.layer])
             ablate = run.ablator(c)
             ind = run.score(harmless_r, c.layer, add)
@@ -153,7 +158,9 @@ def evaluate_directions(
             effects.append(_effect(c, scales[c.layer], s, base_less[c.layer], ind, base_ful, byp, kl,
                                    run.judge(harmless_r[: s.n_generate], add) if gen else None,
                                    run.judge(harmful_r[: s.n_generate], ablate) if gen else None))
+            bar.update()
         specificity = measure_specificity(run, candidates, members, scales) if members else None
+        bar.update()
     base = BaseMeasures(
         harmless_f=float(base_less[layers[0]].f.mean()), harmless_log_odds=float(base_less[layers[0]].log_odds.mean()),
         harmful_f=float(base_ful.f.mean()), harmful_log_odds=float(base_ful.log_odds.mean()),
