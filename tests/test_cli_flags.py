@@ -37,6 +37,7 @@ COMMANDS = (
 
 # Fields whose validators reject the generic value: (model, dotted path) -> [(values, expected)].
 SPECIAL = {
+    ("AtlasSettings", "clustering.heldout_fraction"): [(["0.25"], 0.25)],
     ("OrganismSettings", "test_fraction"): [(["0.25"], 0.25)],
     ("OrganismSettings", "decision_weight"): [(["0.25"], 0.25)],
     # The default may be ["default"] alone (without ../shared/data), so a limit makes it differ.
