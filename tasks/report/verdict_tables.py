@@ -93,7 +93,8 @@ def by_construction_table(ev: EvaluationResult | None, cluster_count: int) -> Ta
     if ev is not None:
         clusters, randoms, base = ev.of_kind("cluster"), ev.of_kind("random"), ev.of_kind("baseline")
         if clusters and randoms:
-            beats = sum(e.induce_df > max(r.induce_df for r in randoms if r.layer == e.layer) for e in clusters)
+            beats = sum(e.induce_df > max((r.induce_df for r in randoms if r.layer == e.layer), default=np.inf)
+                        for e in clusters)
             figures["cluster directions beat random directions on f"] = f"{beats} of {len(clusters)} (induce)"
         if clusters and base:
             at = {b.layer: b for b in base}
