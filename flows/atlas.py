@@ -161,12 +161,14 @@ def _compute(settings: AtlasSettings, reg: Registration) -> dict:
         "clusters": clusters,
         "cluster_rows": report["cluster_rows"],
         "findings": report["findings"],
+        "verdict": report.get("verdict"),
     }
 
 
 def publish_report(report: dict, counts: dict) -> None:
     """The run's artifacts: the report (markdown), the cluster table, a link to the HTML file."""
-    header = (
+    verdict = report.get("verdict")
+    header = (f"**{verdict['headline']}**\n\n" if verdict else "") + (
         "| prompts | new | computed | cached | already stored | failed |\n|---|---|---|---|---|---|\n"
         f"| {counts['prompts']} | {counts['new']} | {counts['computed']} | {counts['cached']} | "
         f"{counts['stored']} | {counts['failed']} |\n\n"

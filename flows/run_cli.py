@@ -70,8 +70,8 @@ def main(args: argparse.Namespace) -> int:
 
 def run_summary(result: dict) -> str:
     """What a person wants to read when a run ends: counts, clusters, examples, where things are."""
-    lines = [
-        "",
+    lines = ["", *verdict_summary(result.get("verdict"))]
+    lines += [
         f"prompts {result['prompts']}: {result['new']} new; {result['computed']} computed, "
         f"{result['cached']} cached, {result['stored']} already stored, {result['failed']} failed",
     ]
@@ -84,7 +84,8 @@ def run_summary(result: dict) -> str:
         lines.append(f"{space} directions{marker}: {info['n_clusters']} clusters of {info['n_points']} prompts, "
                      f"noise {noise:.0%}" if noise is not None else f"{space}: {info['n_clusters']} clusters")
         for row in (r for r in result["cluster_rows"] if r["space"] == space):
-            lines.append(f"  cluster {row['cluster']}: {row['size']} prompts, layer {row['layer']}, "
+            stability = f", {row['stability']}" if row.get("stability") else ""
+            lines.append(f"  cluster {row['cluster']}: {row['size']} prompts, layer {row['layer']}{stability}, "
                          f"top categories {row['top_categories'] or '-'}")
             lines.append(f"    e.g. {row['examples']}")
     lines.append("findings:")
@@ -92,3 +93,18 @@ def run_summary(result: dict) -> str:
     lines.append(f"store:  {result['store']}  (refusal-atlas inspect {result['store']})")
     lines.append(f"report: {result['report']}")
     return "\n".join(lines)
+
+
+def verdict_summary(verdict: dict | None) -> list[str]:
+    """The verdict first: its headline, then each criterion that decides, with its figure."""
+    if not verdict:
+        return ["Verdict: not reached (evaluation off, no held-out prompts, or null_sets = 0)."]
+    lines = [verdict["headline"]]
+    for c in verdict["criteria"]:
+        mark = "pass" if c["passed"] else "fail"
+        lines.append(f"  [{mark if c['decides'] else 'context'}] {c['name']}: {c['figure']}")
+    if verdict.get("h0_control"):
+        lines.append(f"  h_0 control (not a criterion): {verdict['h0_control']}")
+    lines.append("  (cluster directions beating random directions or the difference in means on f is expected "
+                 "by construction, not evidence)")
+    return lines

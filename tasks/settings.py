@@ -197,6 +197,27 @@ class ClusterSettings(StrictSettings):
         10, ge=0, description="Bootstrap subsamples for the stability score (ARI between clusterings)."
     )
     seed: int = Field(0, description="Seed for PCA, bootstraps and random control directions.")
+    heldout_fraction: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of the prompts held out from clustering (a seeded hash of each prompt id, per "
+            "label and category): clusters, cluster directions, the common direction and the "
+            "difference in means use the other prompts only, and every effect the verdict reads "
+            "is measured on the held-out ones. 0: no held-out prompts, and no verdict."
+        ),
+    )
+    split_seed: int = Field(0, description="Seed of the discovery / held-out split of the prompts.")
+    null_sets: int = Field(
+        20,
+        ge=0,
+        description=(
+            "Structureless surrogate sets for the clustering's null model, and bootstraps for the "
+            "per-cluster stability (20 is the least that lets p < 0.05; 0 skips both, and the "
+            "verdict is then inconclusive)."
+        ),
+    )
 
 
 class AtlasSettings(StrictSettings):

@@ -49,7 +49,7 @@ def settings(model_dir: Path, store: Path, files: list[Path], **extra):
         store=str(store),
         model=ModelSettings(name=str(model_dir)),
         directions=DirectionSettings(layers=[1, 2], steps=2),
-        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0),
+        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0, null_sets=0),
         evaluate=False,
         **extra,
     )

@@ -37,6 +37,7 @@ COMMANDS = (
 
 # Fields whose validators reject the generic value: (model, dotted path) -> [(values, expected)].
 SPECIAL = {
+    ("AtlasSettings", "clustering.heldout_fraction"): [(["0.25"], 0.25)],
     ("OrganismSettings", "test_fraction"): [(["0.25"], 0.25)],
     ("OrganismSettings", "decision_weight"): [(["0.25"], 0.25)],
     # A limit makes the value differ from any default list of sources.

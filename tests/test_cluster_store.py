@@ -43,7 +43,7 @@ def store(tmp_path):
 
 def test_cluster_store_clusters_done_harmful_rows_and_writes_the_run(store):
     atlas, truth = store
-    settings = ClusterSettings(layer=2, bootstraps=2, pca_dim=16)
+    settings = ClusterSettings(layer=2, bootstraps=2, pca_dim=16, heldout_fraction=0, null_sets=0)
     result = cluster_store(atlas, settings)
     rows = result.rows
     assert len(rows.texts) == 119 and "prompt 5" not in rows.texts
@@ -63,4 +63,4 @@ def test_cluster_store_clusters_done_harmful_rows_and_writes_the_run(store):
 def test_cluster_store_without_matching_rows_says_what_to_do(store):
     atlas, _ = store
     with pytest.raises(ClusteringError, match="no done prompts have a label in"):
-        cluster_store(atlas, ClusterSettings(labels=[""], bootstraps=0), write=False)
+        cluster_store(atlas, ClusterSettings(labels=[""], bootstraps=0, null_sets=0), write=False)

@@ -88,9 +88,9 @@ def test_candidates_are_unit_seeded_and_named_per_layer():
 def test_missing_prompts_are_clear_errors(tiny32):
     engine = DirectionEngine(tiny32, DirectionSettings(layers=[1]), EngineSettings())
     candidates = build_candidates(np.ones((1, 32)), [1], None, 0, 0)
-    with pytest.raises(EvaluationError, match="no harmless prompts.*Add a harmless source"):
+    with pytest.raises(EvaluationError, match=r"no \(held-out\) harmless prompts.*Add a harmless source"):
         evaluate_directions(engine, candidates, [], ["x"], settings=FAST)
-    with pytest.raises(EvaluationError, match="no harmful prompts"):
+    with pytest.raises(EvaluationError, match=r"no \(held-out\) harmful prompts"):
         evaluate_directions(engine, candidates, ["x"], [], settings=FAST)
     with pytest.raises(EvaluationError, match="no directions to evaluate"):
         evaluate_directions(engine, [], ["x"], ["y"], settings=FAST)

@@ -45,7 +45,7 @@ def _settings(model_dir: Path, tmp_path: Path, sources: list[Path], **extra) -> 
         store=str(tmp_path / "atlas.zarr"),
         model=ModelSettings(name=str(model_dir)),
         directions=DirectionSettings(layers=[1, 2], steps=2),
-        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0),
+        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0, null_sets=0),
         evaluate=False,
         **extra,
     )

@@ -25,13 +25,15 @@ def _effect(name, kind, induce, bypass, cluster=None):
         induce_dlog_odds=induce / 2, induce_substring=0.25, induce_strict=0.125, induce_kinds={"compliance": 8},
         bypass_df=bypass, bypass_df_sem=0.1, bypass_dlog_odds=bypass / 2, bypass_substring=0.0, bypass_strict=0.0,
         bypass_kinds={"compliance": 8}, kl_ablate=0.01, kl_ablate_max=0.05,
-        induce_examples=["I'm sorry <b>"], bypass_examples=["Sure"])
+        induce_examples=["I'm sorry <b>"], bypass_examples=["Sure"],
+        induce_df_prompts=(induce - 0.1, induce, induce + 0.1), bypass_df_prompts=(bypass - 0.1, bypass, bypass + 0.1),
+        kl_ablate_prompts=(0.0, 0.01, 0.02), n_judged=8)
 
 
 @pytest.fixture(scope="module")
 def inputs():
     x, truth, _ = planted(n=600, dim=64, k=3, seed=2)
-    settings = ClusterSettings(bootstraps=2, pca_dim=16)
+    settings = ClusterSettings(bootstraps=2, pca_dim=16, null_sets=0)
     comparison = cluster_directions(x, settings, row_layer=np.full(600, 18))
     categories = [f"topic {t}" if t >= 0 else None for t in truth]
     metrics = {s: compute_metrics(comparison.space(s), settings, categories) for s in ("raw", "residual")}
@@ -63,7 +65,7 @@ def test_html_report_has_every_section_and_valid_embedded_pngs(inputs, tmp_path)
     report = build_report(inputs)
     page = report.html
     for section in ("Findings", "Raw and residual clustering side by side", "Clusters",
-                    "Evaluation against the difference-in-means baseline and random controls", "Example replies",
+                    "Held-out evaluation with intervals", "Example replies", "Expected by construction, not evidence",
                     "Figures", "Settings"):
         assert f">{section}</h2>" in page, section
     images = _pngs(page)
@@ -100,22 +102,24 @@ def test_markdown_twin_and_table_rows(inputs):
 def test_findings_state_counts_and_comparisons(inputs):
     text = findings(inputs)
     m = inputs.metrics
-    assert text[0].startswith(f"raw directions: {m['raw'].n_clusters} clusters")
-    assert f"residual (common direction removed): {m['residual'].n_clusters} clusters" in text[0]
+    assert text[0].startswith("Verdict: not reached")
+    assert text[1].startswith(f"raw directions: {m['raw'].n_clusters} clusters")
+    assert f"residual (common direction removed): {m['residual'].n_clusters} clusters" in text[1]
     joined = " ".join(text)
     assert "Against dataset categories" in joined
     k = inputs.comparison.result.n_clusters
-    assert f"{k} of {k} cluster directions beat every random control at their layer" in joined
-    assert "difference-in-means 1.500" in joined and "highest random control 25.0% / 12.5%" in joined
+    assert (f"{k} of {k} cluster directions beat every random control at their layer "
+            "(expected by construction, not evidence)") in joined
+    assert "difference-in-means 1.500" in joined and "highest random control 0.25 [0.07, 0.59] (n=8)" in joined
     assert "refused none of 8 harmful prompts" in joined
-    # The test matrix grows along rows, so each cluster's prompts respond most to the last cluster.
-    assert f"{'1' if k > 1 else '0'} of {k} clusters' prompts respond most to their own direction" in joined
+    if k > 1:
+        assert "Specificity (held-out harmful prompts, direction ablated)" in joined
 
 
 def test_findings_say_when_everything_is_noise(inputs):
     noisy = {s: dataclasses.replace(m, n_clusters=0, noise_share=1.0) for s, m in inputs.metrics.items()}
     text = findings(dataclasses.replace(inputs, metrics=noisy, evaluation=None))
-    assert text[0] == ("raw directions: 0 clusters, all 600 points noise; "
+    assert text[1] == ("raw directions: 0 clusters, all 600 points noise; "
                        "residual (common direction removed): 0 clusters, all 600 points noise.")
 
 
@@ -138,3 +142,16 @@ def test_each_cluster_is_compared_with_the_controls_at_its_own_layer(inputs):
     # Bypass lowers f: cluster 1 (-1.0) beats the layer-5 baseline (-0.5); cluster 0 does not beat L3's (-2.0).
     assert "1 of 2 beat the baseline at their layer" in bypass
     assert "2 of 2 cluster directions beat every random control at their layer" in bypass
+
+
+def test_report_opens_with_the_verdict_and_its_criteria(inputs):
+    from refusal_atlas.tasks.evaluation.verdict import Criterion, Verdict
+
+    verdict = Verdict("inconclusive", 0, "Cluster 0 fails stability.",
+                      (Criterion("cluster 0: stable", "median Jaccard 0.31", False, 0),), ())
+    report = build_report(dataclasses.replace(inputs, verdict=verdict))
+    assert report.findings[0] == "Verdict: inconclusive. Cluster 0 fails stability."
+    md = report.markdown
+    assert md.index("Verdict: inconclusive") < md.index("## Verdict: criteria and their figures") < md.index("## Raw and")
+    assert report.verdict["headline"].startswith("Verdict: inconclusive")
+    assert report.verdict["criteria"][0]["figure"] == "median Jaccard 0.31"

@@ -18,6 +18,7 @@ from refusal_atlas.tasks.clustering.hdbscan_fit import fit_hdbscan
 from refusal_atlas.tasks.clustering.spaces import SPACES, ClusterComparison, SpaceClustering, space_clustering
 from refusal_atlas.tasks.clustering.geometry import Projection, unit_rows
 from refusal_atlas.tasks.clustering.metrics import CategoryAgreement, ClusterMetrics
+from refusal_atlas.tasks.clustering.significance import from_attrs
 from refusal_atlas.tasks.clustering.store_run import ClusteredRows, StoreClustering
 from refusal_atlas.tasks.settings import ClusterSettings
 
@@ -103,7 +104,7 @@ def load_store_clustering(store, name: str) -> StoreClustering:
         layers=np.asarray(layers),
     )
     metrics = {space: metrics_from_dict(run.metrics[space]) for space in SPACES}
-    return StoreClustering(name, comparison, metrics, rows)
+    return StoreClustering(name, comparison, metrics, rows, from_attrs(run.attrs.get("significance")))
 
 
 def refit_clusterer(result: SpaceClustering, settings: ClusterSettings) -> SpaceClustering:

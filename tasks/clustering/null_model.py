@@ -199,6 +199,7 @@ def null_model(
     rank: int = DEFAULT_RANK,
     seed: int | None = None,
     observed: SpaceClustering | None = None,
+    progress=iter,
 ) -> NullModelResult:
     """Cluster counts and noise shares on n_null seeded surrogate sets shaped like directions [n, D].
 
@@ -207,7 +208,7 @@ def null_model(
     of these rows in this space, if already computed (else it is computed here). seed: defaults
     to settings.seed. Surrogates are fitted to the unit rows (step 1 of the pipeline) and then
     sent through the whole pipeline, so each gets its own common direction and PCA basis, as the
-    data did.
+    data did. progress: wraps the loop over sets (e.g. a tqdm bar; each set is a full clustering).
     """
     if n_null < 1:
         raise ValueError("the null model needs at least one surrogate set.")
@@ -223,7 +224,7 @@ def null_model(
     counts = np.empty(n_null, dtype=np.int64)
     noise = np.empty(n_null)
     top = np.empty(n_null)
-    for i in range(n_null):
+    for i in progress(range(n_null)):
         # One generator per set, keyed by (seed, i): set i is the same whatever n_null is.
         sample = surrogate.sample(x.shape[0], np.random.default_rng([seed, i]))
         result = cluster_rows(sample, settings, space)

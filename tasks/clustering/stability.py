@@ -77,11 +77,13 @@ def bootstrap_stability(
     n_bootstraps: int = N_DRAWS,
     seed: int | None = None,
     threshold: float = STABLE_JACCARD,
+    progress=iter,
 ) -> ClusterStability:
     """Per-cluster bootstrap stability of the clustering `labels` [n] of directions [n, D].
 
     directions: the rows that were clustered (finite, non-zero), in the order of labels.
-    space: defaults to settings.space; seed: to settings.seed.
+    space: defaults to settings.space; seed: to settings.seed. progress: wraps the loop over
+    bootstraps (e.g. a tqdm bar; each bootstrap is a full clustering).
     """
     x = np.asarray(directions)
     labels = np.asarray(labels, dtype=np.int64)
@@ -93,7 +95,7 @@ def bootstrap_stability(
     seed = settings.seed if seed is None else seed
     n_clusters = int(labels.max(initial=-1)) + 1
     jaccard = np.full((n_clusters, n_bootstraps), np.nan)
-    for b in range(n_bootstraps):
+    for b in progress(range(n_bootstraps)):
         rows = np.unique(np.random.default_rng([seed, b]).integers(0, x.shape[0], x.shape[0]))
         boot = cluster_rows(x[rows], settings, space).labels
         jaccard[:, b] = best_jaccard(labels[rows], boot, n_clusters)

@@ -15,6 +15,8 @@ import numpy as np
 from refusal_atlas.tasks.clustering.spaces import SPACES, ClusterComparison, cluster_directions, cluster_layer_of
 from refusal_atlas.tasks.clustering.geometry import ClusteringError, select_layer
 from refusal_atlas.tasks.clustering.metrics import ClusterMetrics, compute_metrics
+from refusal_atlas.tasks.clustering.significance import Significance, compute_significance, to_attrs
+from refusal_atlas.tasks.evaluation.split import heldout_mask
 from refusal_atlas.tasks.settings import ClusterSettings
 
 
@@ -36,6 +38,18 @@ class StoreClustering:
     comparison: ClusterComparison
     metrics: dict[str, ClusterMetrics]
     rows: ClusteredRows
+    significance: Significance | None = None
+
+
+def discovery_rows(ds, settings: ClusterSettings) -> np.ndarray:
+    """Indices of the done rows to cluster: a label in settings.labels and on the discovery side
+    of the split (tasks.evaluation.split), so no held-out prompt shapes a cluster."""
+    labels = np.asarray(ds["label"].values, dtype=object)
+    chosen = np.flatnonzero(np.isin(labels, list(settings.labels)))
+    held = heldout_mask([str(i) for i in np.asarray(ds["prompt_id"].values)[chosen]], settings.heldout_fraction,
+                        settings.split_seed, [str(v) for v in labels[chosen]],
+                        [c if c else None for c in np.asarray(ds["category"].values, dtype=object)[chosen]])
+    return chosen[~held]
 
 
 def run_params(settings: ClusterSettings) -> dict:
@@ -55,12 +69,12 @@ def cluster_store(
     metrics and the clustered rows' texts and categories.
     """
     ds = store.to_xarray(done_only=True)
-    labels = np.asarray(ds["label"].values, dtype=object)
-    chosen = np.flatnonzero(np.isin(labels, list(settings.labels)))
+    chosen = discovery_rows(ds, settings)
     if chosen.size == 0:
         raise ClusteringError(
-            f"no done prompts have a label in {settings.labels} (done rows: {labels.size}); "
-            "compute directions first, or change the labels to cluster."
+            f"no done prompts have a label in {settings.labels} on the discovery side of the split (done rows: "
+            f"{ds.sizes.get('prompt', 0)}); compute directions first, change the labels to cluster, or hold out "
+            "fewer prompts (heldout_fraction)."
         )
     direction = ds["direction"].data[chosen]  # [n, L, D] dask
     best = np.asarray(ds["best_layer"].values)[chosen]
@@ -78,11 +92,17 @@ def cluster_store(
     )
     metrics = {space: compute_metrics(comparison.space(space), settings, categories, n_jobs=n_jobs)
                for space in SPACES}
+    clustered = np.asarray(picked[comparison.rows])
+    stored = [int(layer) for layer in store.layers]
+    position = np.array([stored.index(int(layer)) for layer in comparison.row_layer], dtype=np.int64)
+    h0 = np.asarray(ds["h0"].data[kept].compute())[np.arange(kept.size), position] if kept.size else None
+    significance = compute_significance(comparison, clustered, h0, settings)
     name = store_run_name(store, settings)
     if write:
         arrays, attrs = run_arrays(comparison, rows, metrics, store.data_version())
+        attrs["significance"] = None if significance is None else to_attrs(significance)
         store.write_cluster_run(name, arrays, attrs)
-    return StoreClustering(name, comparison, metrics, rows)
+    return StoreClustering(name, comparison, metrics, rows, significance)
 
 
 def store_run_name(store, settings: ClusterSettings) -> str:

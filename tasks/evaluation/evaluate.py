@@ -1,53 +1,40 @@
-"""Evaluating cluster directions against the difference-in-means baseline and random controls.
+"""Evaluating cluster directions against the common direction and the other controls.
 
-For every candidate direction c (unit, at a layer L):
+For every candidate direction c (unit, at a layer L; see tasks.evaluation.controls for the
+candidates), on held-out prompts:
 
 - induce: add alpha * s_L * c to layer L's output at every position on harmless prompts, where
-  s_L is the mean ||h_0|| of those prompts at L (`EvalSettings.alpha`); report the change in f,
-  in the refusal log-odds, and the share of greedy replies judged refusals (substring and strict);
-- bypass: project c out of the embeddings, every block's input and output and every attention
-  and MLP output on harmful prompts (Arditi's directional ablation); the same measures;
+  s_L is the mean ||h_0|| of those prompts at L (`EvalSettings.alpha`); the change in f per
+  prompt, in the refusal log-odds, and (for candidates with `generate`) the share of greedy
+  replies judged refusals (substring and strict);
+- bypass: project c out of every block's input and every attention and MLP output on harmful
+  prompts (Arditi's directional ablation); the same measures;
 - side effects: KL(base || ablated) of the next-token distribution, averaged over the first
   `kl_tokens` positions of the unmodified model's greedy replies to harmless prompts,
-  teacher-forced (one value per prompt, so the mean can carry an interval);
-- specificity: the mean change in f when cluster k's direction is added (as in induce) on
-  cluster j's member prompts, a [K, K] matrix, plus rows for the baseline and the mean random
-  control.
+  teacher-forced, one value per prompt (not for subset controls, which no criterion reads it of);
+- specificity: the fall in f when each cluster direction is ablated on each cluster's held-out
+  prompts (tasks.evaluation.specificity).
 
-Candidates at one layer all get the same norm, so cluster, baseline and random directions are
-compared like for like. Nothing here assumes the cluster directions work: the result holds the
-numbers for every candidate, and the report says which won.
+Per-prompt changes are kept, so every mean can carry a bootstrap interval and a cluster
+direction can be compared with the common direction on the same prompts (tasks.evaluation.
+evidence). Candidates at one layer all get the same norm. Nothing here assumes the cluster
+directions work: the result holds the numbers for every candidate, and the verdict decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
+from refusal_atlas.tasks.evaluation.controls import Candidate, EvaluationError, Kind, build_candidates
+from refusal_atlas.tasks.evaluation.judge import JudgeSummary
 from refusal_atlas.tasks.evaluation.measures import Judged, MeasureRun, mean_and_sem
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
-from refusal_atlas.tasks.evaluation.judge import JudgeSummary
-
-Kind = Literal["cluster", "baseline", "random"]
-
-
-class EvaluationError(ValueError):
-    """The evaluation cannot run as asked; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A direction to test: a unit vector [D] at a model layer."""
-
-    name: str
-    kind: Kind
-    layer: int
-    vector: np.ndarray = field(repr=False)
-    cluster: int | None = None
-
+from refusal_atlas.tasks.evaluation.specificity import Specificity, measure_specificity
 
 @dataclass(frozen=True)
 class DirectionEffect:
@@ -79,6 +66,9 @@ class DirectionEffect:
     induce_examples: list[str]
     bypass_examples: list[str]
     kl_ablate_prompts: tuple[float, ...] = ()
+    induce_df_prompts: tuple[float, ...] = ()
+    bypass_df_prompts: tuple[float, ...] = ()
+    n_judged: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,16 +89,6 @@ class BaseMeasures:
 
 
 @dataclass(frozen=True)
-class Specificity:
-    """matrix [R, K]: mean change in f of row direction r added on cluster j's prompts."""
-
-    matrix: np.ndarray
-    rows: list[str]
-    columns: list[str]
-    n_prompts: list[int]
-
-
-@dataclass(frozen=True)
 class EvaluationResult:
     settings: EvalSettings
     base: BaseMeasures
@@ -118,48 +98,6 @@ class EvaluationResult:
 
     def of_kind(self, kind: Kind) -> list[DirectionEffect]:
         return [e for e in self.effects if e.kind == kind]
-
-
-def build_candidates(
-    cluster_directions: np.ndarray,
-    cluster_layers: Sequence[int],
-    baseline: Mapping[int, np.ndarray] | None,
-    n_random: int,
-    seed: int,
-    default_layers: Sequence[int] = (),
-) -> list[Candidate]:
-    """Cluster directions [K, D] at their layers, the baseline at each of those layers (when
-    given: {layer: vector}) and n_random seeded random unit directions per layer. Without
-    cluster directions the baseline and controls go to default_layers, so a clustering that
-    found nothing still gets its baseline measured."""
-    clusters = [Candidate(f"cluster {k}", "cluster", int(layer), _unit(v), k)
-                for k, (v, layer) in enumerate(zip(cluster_directions, cluster_layers))]
-    layers = sorted({c.layer for c in clusters}) or sorted({int(layer) for layer in default_layers})
-    out = list(clusters)
-    if baseline is not None:
-        missing = [layer for layer in layers if layer not in baseline]
-        if missing:
-            raise EvaluationError(f"no difference-in-means vector at layer(s) {missing}; compute concept vectors there.")
-        out += [Candidate(_at("diff-in-means", layer, layers), "baseline", layer, _unit(baseline[layer]))
-                for layer in layers]
-    rng = np.random.default_rng(seed)
-    dim = cluster_directions.shape[1]
-    for layer in layers:
-        out += [Candidate(_at(f"random {i}", layer, layers), "random", layer, _unit(rng.standard_normal(dim)))
-                for i in range(n_random)]
-    return out
-
-
-def _at(name: str, layer: int, layers: Sequence[int]) -> str:
-    return name if len(layers) == 1 else f"{name} @L{layer}"
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    norm = np.linalg.norm(v)
-    if not np.isfinite(norm) or norm == 0:
-        raise EvaluationError("a candidate direction is zero or not finite; it cannot be evaluated.")
-    return v / norm
 
 
 def sample(texts: Sequence[str], n: int, seed: int) -> list[str]:
@@ -181,37 +119,48 @@ def evaluate_directions(
     """Run induce, bypass, side effects and specificity for every candidate.
 
     engine: a `DirectionEngine` (its model, renderer, refusal target and pad id are used);
-    members: per cluster, its member prompts with the most representative first (the first
-    `n_specificity` are used). The model's lock is held throughout.
+    members: per cluster, its held-out prompts (the first `n_specificity` are used for the
+    specificity matrix). Subset controls get no KL and only candidates with `generate` get
+    replies. A progress bar on stderr counts the base measures, the candidates and the
+    specificity. The model's lock is held throughout.
     """
     s = settings or EvalSettings()
     if not harmless:
-        raise EvaluationError("no harmless prompts: induce and side effects need them. Add a harmless source.")
+        raise EvaluationError("no (held-out) harmless prompts: induce and side effects need them. Add a "
+                              "harmless source, or raise clustering.heldout_fraction.")
     if not harmful:
-        raise EvaluationError("no harmful prompts: bypass needs them. Add a harmful source.")
+        raise EvaluationError("no (held-out) harmful prompts: bypass needs them. Add a harmful source, or "
+                              "raise clustering.heldout_fraction.")
     if not candidates:
         raise EvaluationError("no directions to evaluate: the clustering found no clusters and no baseline was given.")
     run = MeasureRun(engine, s)
     harmless_r = [engine.render(t) for t in sample(harmless, s.n_harmless, s.seed)]
     harmful_r = [engine.render(t) for t in sample(harmful, s.n_harmful, s.seed)]
-    with engine.loaded.lock:
+    # One bar for the whole stage: the unmodified model's replies, every candidate and the
+    # specificity matrix, so that no part of it runs for minutes without a sign of life.
+    bar = tqdm(total=len(candidates) + 2, desc="evaluation", unit="step", file=sys.stderr)
+    with engine.loaded.lock, bar:
         layers = sorted({c.layer for c in candidates})
         base_less = {layer: run.score(harmless_r, layer) for layer in layers}
         scales = {layer: float(s.alpha * base_less[layer].h_norm.mean()) for layer in layers}
         base_ful = run.score(harmful_r, layers[0])
         gen_less, gen_ful = run.judge(harmless_r[: s.n_generate]), run.judge(harmful_r[: s.n_generate])
         forced = run.forced(harmless_r)
+        bar.update()
         effects = []
         for c in candidates:
             add = run.adder(c, scales[c.layer])
             ablate = run.ablator(c)
             ind = run.score(harmless_r, c.layer, add)
             byp = run.score(harmful_r, layers[0], ablate)
-            kl = run.kl(forced, ablate)
+            kl = run.kl(forced, ablate) if c.kind != "subset" else np.full(len(harmless_r), np.nan)
+            gen = c.generate and s.n_generate > 0
             effects.append(_effect(c, scales[c.layer], s, base_less[c.layer], ind, base_ful, byp, kl,
-                                   run.judge(harmless_r[: s.n_generate], add),
-                                   run.judge(harmful_r[: s.n_generate], ablate)))
-        specificity = _specificity(run, candidates, members, scales) if members else None
+                                   run.judge(harmless_r[: s.n_generate], add) if gen else None,
+                                   run.judge(harmful_r[: s.n_generate], ablate) if gen else None))
+            bar.update()
+        specificity = measure_specificity(run, candidates, members, scales) if members else None
+        bar.update()
     base = BaseMeasures(
         harmless_f=float(base_less[layers[0]].f.mean()), harmless_log_odds=float(base_less[layers[0]].log_odds.mean()),
         harmful_f=float(base_ful.f.mean()), harmful_log_odds=float(base_ful.log_odds.mean()),
@@ -246,37 +195,14 @@ def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_fu
         bypass_df=bypass_df, bypass_df_sem=bypass_sem,
         bypass_dlog_odds=float((byp.log_odds - base_ful.log_odds).mean()),
         bypass_substring=b_sub, bypass_strict=b_strict, bypass_kinds=b_kinds,
-        kl_ablate=float(kl.mean()), kl_ablate_max=float(kl.max()),
+        kl_ablate=float(np.mean(kl)), kl_ablate_max=float(np.max(kl)),
         induce_examples=_examples(gen_ind, s), bypass_examples=_examples(gen_byp, s),
         kl_ablate_prompts=tuple(float(v) for v in kl),
+        induce_df_prompts=tuple(float(v) for v in ind.f - base_less.f),
+        bypass_df_prompts=tuple(float(v) for v in byp.f - base_ful.f),
+        n_judged=0 if gen_ind is None else gen_ind.summary.n,
     )
 
 
-def _specificity(run: MeasureRun, candidates: Sequence[Candidate], members: Sequence[Sequence[str]],
-                 scales: Mapping[int, float]) -> Specificity:
-    """Rows: each cluster direction, each baseline, and the mean over random controls (per
-    layer when there are several); columns: the clusters' member prompts."""
-    per_cluster = [list(texts[: run.s.n_specificity]) for texts in members]
-    if any(not texts for texts in per_cluster):
-        raise EvaluationError("a cluster has no member prompts for the specificity matrix.")
-    rendered = [[run.render(t) for t in texts] for texts in per_cluster]
-    flat = [r for group in rendered for r in group]
-    bounds = np.cumsum([0, *(len(g) for g in rendered)])
-
-    def row(c: Candidate, base) -> np.ndarray:
-        delta = run.score(flat, c.layer, run.adder(c, scales[c.layer])).f - base[c.layer].f
-        return np.array([delta[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
-
-    base = {layer: run.score(flat, layer) for layer in sorted(scales)}
-    names, rows = [], []
-    for c in candidates:
-        if c.kind != "random":
-            names.append(c.name)
-            rows.append(row(c, base))
-    for layer in sorted(scales):
-        randoms = [row(c, base) for c in candidates if c.kind == "random" and c.layer == layer]
-        if randoms:
-            names.append(_at("random (mean)", layer, sorted(scales)))
-            rows.append(np.mean(randoms, axis=0))
-    columns = [f"cluster {j}" for j in range(len(per_cluster))]
-    return Specificity(np.array(rows), names, columns, [len(g) for g in rendered])
+__all__ = ["BaseMeasures", "Candidate", "DirectionEffect", "EvaluationError", "EvaluationResult", "Kind",
+           "Specificity", "build_candidates", "evaluate_directions", "sample"]

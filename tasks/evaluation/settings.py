@@ -27,15 +27,32 @@ class EvalSettings(StrictSettings):
             "direction at a layer (cluster, baseline, random) gets the same norm."
         ),
     )
-    n_random: int = Field(3, ge=0, le=100, description="Random unit directions per layer, as controls.")
-    n_harmless: int = Field(
-        16, ge=1, description="Harmless prompts (a seeded sample) for induce and side effects."
+    n_random: int = Field(
+        20, ge=0, le=100,
+        description="Random unit directions per layer, at the same norm, as controls (scored by f and log-odds).",
     )
-    n_harmful: int = Field(16, ge=1, description="Harmful prompts (a seeded sample) for bypass.")
+    n_random_generate: int = Field(
+        2, ge=0, description="How many of the random directions per layer also get judged replies (the slow part)."
+    )
+    n_subsets: int = Field(
+        20, ge=0, le=200,
+        description=(
+            "Size-matched random-subset means per cluster: the normalised mean of as many clustered "
+            "discovery directions as the cluster has, drawn at random (the null for 'this cluster is "
+            "special'; 20 is the least that lets a cluster beat 95% of them). Scored by f and log-odds."
+        ),
+    )
+    n_harmless: int = Field(
+        32, ge=1, description="Held-out harmless prompts (a seeded sample) for induce and side effects."
+    )
+    n_harmful: int = Field(32, ge=1, description="Held-out harmful prompts (a seeded sample) for bypass.")
     n_generate: int = Field(
-        8,
+        32,
         ge=0,
-        description="Of those, how many are also answered by greedy generation per direction (0: none).",
+        description=(
+            "Of those, how many are also answered by greedy generation per judged direction (0: none); "
+            "32 or more keeps a refusal share's Wilson interval within about +-0.17."
+        ),
     )
     kl_tokens: int = Field(
         8,
@@ -49,9 +66,9 @@ class EvalSettings(StrictSettings):
     max_new_tokens: int = Field(24, ge=1, le=512, description="Tokens generated per reply.")
     batch_size: int = Field(16, ge=1, le=512, description="Prompts per forward pass.")
     n_specificity: int = Field(
-        4,
+        32,
         ge=1,
-        description="Member prompts per cluster (its exemplars first) for the specificity matrix.",
+        description="Held-out harmful prompts per cluster (assigned by HDBSCAN's prediction data) for specificity.",
     )
     substring_list: Literal["jailbreakbench_arditi", "gcg_advbench"] = Field(
         "jailbreakbench_arditi", description="Which published refusal-substring list the substring judge uses."

@@ -22,12 +22,22 @@ import numpy as np
 from refusal_atlas.tasks.report import plots
 from refusal_atlas.tasks.clustering.spaces import SPACES, ClusterComparison
 from refusal_atlas.tasks.clustering.metrics import ClusterMetrics
+from refusal_atlas.tasks.clustering.significance import Significance
 from refusal_atlas.tasks.evaluation.evaluate import EvaluationResult
+from refusal_atlas.tasks.evaluation.evidence import rate_estimate
+from refusal_atlas.tasks.evaluation.verdict import Verdict
+from refusal_atlas.tasks.report.verdict_tables import (
+    MARK,
+    by_construction_table,
+    heldout_table,
+    verdict_dict,
+    verdict_lines,
+    verdict_table,
+)
 from refusal_atlas.tasks.report.tables import (
     Table,
     cluster_rows,
     clusters_table,
-    evaluation_table,
     examples_table,
     fmt,
     metrics_table,
@@ -50,6 +60,8 @@ class ReportInputs:
     evaluation: EvaluationResult | None = None
     title: str = "refusal-atlas: clusters of refusal directions"
     details: Mapping[str, str] = field(default_factory=dict)
+    verdict: Verdict | None = None
+    significance: Significance | None = None
 
 
 @dataclass(frozen=True)
@@ -59,12 +71,16 @@ class Report:
     cluster_rows: list[dict]
     findings: list[str]
     images: dict[str, bytes] = field(repr=False)
+    verdict: dict | None = None
 
 
 def findings(inputs: ReportInputs) -> list[str]:
-    """Plain sentences stating what was found."""
+    """Plain sentences stating what was found, the verdict first."""
     c, m = inputs.comparison, inputs.metrics
+    why = ("the evaluation was not run" if inputs.evaluation is None else
+           "the clustering's null model and stability were not computed (null_sets = 0)")
     out = [
+        *verdict_lines(inputs.verdict, inputs.significance, why),
         "; ".join(_space_sentence(space, m[space]) for space in SPACES if space in m) + ".",
         f"The clustered directions' mean pairwise cosine is {fmt(c.mean_cosine)} "
         "(how much they share before the common direction is removed).",
@@ -114,33 +130,35 @@ def _evaluation_sentences(ev: EvaluationResult) -> list[str]:
             if paired:
                 beats = sum(all(sign * getattr(e, measure) > sign * getattr(r, measure) for r in randoms_at[e.layer])
                             for e in paired)
-                parts.append(f"{beats} of {len(paired)} cluster directions beat every random control at their layer")
+                parts.append(f"{beats} of {len(paired)} cluster directions beat every random control at their layer "
+                             f"({MARK})")
         paired = [e for e in clusters if e.layer in base_at]
         if paired:
             beats_base = sum(sign * getattr(e, measure) > sign * getattr(base_at[e.layer], measure) for e in paired)
-            parts.append(f"{beats_base} of {len(paired)} beat the baseline at their layer")
+            parts.append(f"{beats_base} of {len(paired)} beat the baseline at their layer ({MARK})")
         out.append(f"{label}: " + "; ".join(parts) + ".")
     spec = ev.specificity
     k = len(clusters)
     if spec is not None and k > 1 and spec.matrix.shape[1] == k:
         own = spec.matrix[:k, :k]
         off = own[~np.eye(k, dtype=bool)]
-        out.append(f"Specificity: a cluster direction moves f by {fmt(np.diag(own).mean())} on its own cluster's "
-                   f"prompts and {fmt(off.mean())} on other clusters' prompts (means over the matrix); "
-                   f"{int(sum(own[j, j] == own[:, j].max() for j in range(k)))} of {k} clusters' prompts respond "
-                   "most to their own direction.")
+        out.append(f"Specificity (held-out harmful prompts, direction ablated): f falls by "
+                   f"{fmt(np.nanmean(np.diag(own)))} on a cluster's own prompts and {fmt(np.nanmean(off))} on other "
+                   "clusters' prompts (means over the matrix); each cluster's specificity index, with its "
+                   "interval, is in the verdict table.")
     b = ev.base
     if b.harmless_judge is not None:
-        parts = [f"unmodified {_shares(b.harmless_judge.substring_rate, b.harmless_judge.strict_rate)}"]
+        parts = [f"unmodified {_shares(b.harmless_judge.substring_rate, b.harmless_judge.strict_rate, b.n_generate)}"]
         if clusters:
             top = max(clusters, key=lambda e: e.induce_substring)
-            parts.append(f"highest cluster direction ({top.name}) {_shares(top.induce_substring, top.induce_strict)}")
+            parts.append(f"highest cluster direction ({top.name}) {_shares(top.induce_substring, top.induce_strict, b.n_generate)}")
         if baseline:
             parts.append("difference-in-means "
-                         + _per_layer(base_at, lambda e: _shares(e.induce_substring, e.induce_strict)))
-        if randoms:
-            top = max(randoms, key=lambda e: e.induce_substring)
-            parts.append(f"highest random control {_shares(top.induce_substring, top.induce_strict)}")
+                         + _per_layer(base_at, lambda e: _shares(e.induce_substring, e.induce_strict, b.n_generate)))
+        judged = [e for e in randoms if e.n_judged]
+        if judged:
+            top = max(judged, key=lambda e: e.induce_substring)
+            parts.append(f"highest random control {_shares(top.induce_substring, top.induce_strict, b.n_generate)}")
         out.append(f"Greedy replies to {b.n_generate} harmless prompts judged refusals (substring / strict) with "
                    "the direction added: " + "; ".join(parts) + ".")
     if b.harmful_judge is not None and b.harmful_judge.substring_rate == 0:
@@ -156,8 +174,9 @@ def _per_layer(at_layer: Mapping[int, object], show) -> str:
     return ", ".join(f"at L{layer} {show(e)}" for layer, e in sorted(at_layer.items()))
 
 
-def _shares(substring: float, strict: float) -> str:
-    return f"{pct(substring)} / {pct(strict)}"
+def _shares(substring: float, strict: float, n: int) -> str:
+    """Both judges' refusal shares, each with its Wilson interval."""
+    return f"{rate_estimate(substring, n).format()} / {rate_estimate(strict, n).format()}"
 
 
 def images(inputs: ReportInputs) -> dict[str, bytes]:
@@ -189,10 +208,12 @@ _CAPTIONS = {
 
 def build_report(inputs: ReportInputs) -> Report:
     rows = cluster_rows(inputs.comparison, inputs.texts, inputs.categories, inputs.effect, inputs.layers,
-                        inputs.evaluation)
-    tables = [metrics_table(inputs.metrics, inputs.comparison.mean_cosine), clusters_table(rows)]
+                        inputs.evaluation, inputs.significance)
+    tables = [verdict_table(inputs.verdict)] if inputs.verdict is not None else []
+    tables += [metrics_table(inputs.metrics, inputs.comparison.mean_cosine), clusters_table(rows)]
     if inputs.evaluation is not None:
-        tables += [evaluation_table(inputs.evaluation), examples_table(inputs.evaluation)]
+        tables += [heldout_table(inputs.evaluation), examples_table(inputs.evaluation)]
+    tables.append(by_construction_table(inputs.evaluation, inputs.comparison.result.n_clusters))
     found = findings(inputs)
     pictures = images(inputs)
     settings = {"clustering": inputs.comparison.settings.model_dump_json(),
@@ -204,6 +225,7 @@ def build_report(inputs: ReportInputs) -> Report:
         cluster_rows=rows,
         findings=found,
         images=pictures,
+        verdict=verdict_dict(inputs.verdict, inputs.significance),
     )
 
 

@@ -62,11 +62,15 @@ def cluster_rows(
     effect: np.ndarray | None = None,
     layers: Sequence[int] | None = None,
     evaluation: EvaluationResult | None = None,
+    significance=None,
 ) -> list[dict]:
     """One dict per cluster of both spaces: size, layer, top categories, cohesion, the cosine to
     the common direction, the members' mean stored effect at the cluster's layer, the induce
     effect of its direction (chosen space, when evaluated) and example prompts. Values are plain
-    JSON (a missing number is None, the examples one string), ready for a Prefect table artifact."""
+    JSON (a missing number is None, the examples one string), ready for a Prefect table artifact.
+    significance (clustering.significance.Significance): adds, for the chosen space, each
+    cluster's bootstrap stability ("stable" or "UNSTABLE" with its median Jaccard) and its p
+    against the null, so an unstable cluster is marked wherever it is listed."""
     induced = {e.cluster: e.induce_df for e in evaluation.of_kind("cluster")} if evaluation else {}
     out = []
     for space in SPACES:
@@ -88,9 +92,20 @@ def cluster_rows(
                 "cosine_to_common": float(result.directions[k] @ comparison.common),
                 "mean_effect": _member_effect(effect, layers, members, int(cluster_layer[k])),
                 "induce_df": induced.get(k) if space == comparison.chosen else None,
+                "stability": _stability(significance, k) if space == comparison.chosen else None,
+                "p_null": (float(significance.null.p_persistence[k])
+                           if significance is not None and space == comparison.chosen else None),
                 "examples": " | ".join(excerpt(texts[i]) for i in result.exemplars[k][:3]),
             })
     return [{key: _plain(value) for key, value in row.items()} for row in out]
+
+
+def _stability(significance, k: int) -> str | None:
+    if significance is None:
+        return None
+    s = significance.stability
+    word = "stable" if s.stable[k] else "UNSTABLE"
+    return f"{word} (median Jaccard {float(s.median[k]):.2f})"
 
 
 def _plain(value):
@@ -108,13 +123,16 @@ def _member_effect(effect, layers, members: np.ndarray, layer: int) -> float:
 
 def clusters_table(rows: list[dict]) -> Table:
     columns = ["space", "cluster", "size", "share", "layer", "top categories", "within cos",
-               "cos to common", "mean effect", "induce Δf", "examples"]
+               "cos to common", "mean effect", "induce Δf", "stability", "p vs null", "examples"]
     body = [[r["space"], str(r["cluster"]), str(r["size"]), pct(r["share"]), str(r["layer"]), r["top_categories"],
              fmt(r["within_cosine"]), fmt(r["cosine_to_common"]), fmt(r["mean_effect"]), fmt(r["induce_df"]),
-             r["examples"]] for r in rows]
+             r.get("stability") or "—", fmt(r.get("p_null")), r["examples"]] for r in rows]
     note = ("within cos: mean pairwise cosine of the members' directions; mean effect: the members' stored "
             "f(h_0 + alpha ||h_0|| d) - f(h_0) at the cluster's layer; induce Δf: the cluster direction's "
-            "mean change in f on harmless prompts (evaluation).")
+            "mean change in f on held-out harmless prompts (evaluation). Within cos above the cosine between "
+            "clusters and a positive mean effect of the members are expected by construction, not evidence. "
+            "stability: per-cluster bootstrap (UNSTABLE below a median Jaccard of 0.6); p vs null: the "
+            "cluster's persistence against structureless surrogate sets.")
     return Table("Clusters", columns, body, note)
 
 
@@ -153,38 +171,6 @@ def metrics_table(metrics: Mapping[str, ClusterMetrics], mean_cosine: float) -> 
     ]
     note = f"Mean pairwise cosine of all clustered directions (the shared component): {fmt(mean_cosine)}."
     return Table("Raw and residual clustering side by side", ["metric", *spaces], rows, note)
-
-
-def evaluation_table(evaluation: EvaluationResult) -> Table:
-    b = evaluation.base
-    columns = ["direction", "kind", "layer", "induce Δf (±sem)", "induce Δlog-odds", "induce refusals substr / strict",
-               "bypass Δf (±sem)", "bypass Δlog-odds", "bypass refusals substr / strict", "KL ablated"]
-
-    def shares(sub, strict) -> str:
-        return f"{pct(sub)} / {pct(strict)}"
-
-    base_less = b.harmless_judge
-    base_ful = b.harmful_judge
-    rows = [["unmodified model", "base", "", f"f = {fmt(b.harmless_f)}", f"{fmt(b.harmless_log_odds)}",
-             shares(base_less.substring_rate, base_less.strict_rate) if base_less else "—",
-             f"f = {fmt(b.harmful_f)}", f"{fmt(b.harmful_log_odds)}",
-             shares(base_ful.substring_rate, base_ful.strict_rate) if base_ful else "—", ""]]
-    for e in evaluation.effects:
-        rows.append([e.name, e.kind, str(e.layer), f"{fmt(e.induce_df)} (±{fmt(e.induce_df_sem)})",
-                     fmt(e.induce_dlog_odds), shares(e.induce_substring, e.induce_strict),
-                     f"{fmt(e.bypass_df)} (±{fmt(e.bypass_df_sem)})", fmt(e.bypass_dlog_odds),
-                     shares(e.bypass_substring, e.bypass_strict), fmt(e.kl_ablate, 4)])
-    s = evaluation.settings
-    scales = ", ".join(f"layer {layer}: {fmt(v)}" for layer, v in evaluation.scales.items())
-    note = (f"Induce: alpha = {s.alpha} times the mean ||h_0|| of the harmless prompts at the layer ({scales}), "
-            f"added at every position on {b.n_harmless} harmless prompts. Bypass: the direction projected out "
-            f"of every block's input and every attention and MLP output on {b.n_harmful} harmful prompts. "
-            f"Refusal shares come from greedy replies ({b.n_generate} prompts, {s.max_new_tokens} new tokens) under the substring judge "
-            f"({s.substring_list}) and the strict judge. KL: mean per-token KL(base || ablated) over the first "
-            f"{s.kl_tokens} tokens of the unmodified model's greedy replies to the harmless prompts, "
-            "teacher-forced, in nats. Cluster directions from Option 1 are means of directions that "
-            "climb f, so changes in f favour them by construction; the judged replies are the independent check.")
-    return Table("Evaluation against the difference-in-means baseline and random controls", columns, rows, note)
 
 
 def examples_table(evaluation: EvaluationResult) -> Table:

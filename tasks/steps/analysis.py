@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from refusal_atlas.tasks.clustering.spaces import cluster_layer_of
 from refusal_atlas.tasks.clustering.geometry import ClusteringError
 from refusal_atlas.tasks.clustering.load import load_store_clustering
 from refusal_atlas.tasks.clustering.store_run import cluster_store, store_run_name
 from refusal_atlas.tasks.engine.direction_engine import get_engine
-from refusal_atlas.tasks.evaluation.evaluate import build_candidates, evaluate_directions
+from refusal_atlas.tasks.evaluation.cache import cache_key, cached
+from refusal_atlas.tasks.evaluation.evidence import verdict_of
+from refusal_atlas.tasks.steps.heldout import evaluate_heldout
 from refusal_atlas.storage.handles import writable_store
 from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings
@@ -56,24 +57,6 @@ def default_report_dir(settings: AtlasSettings) -> Path:
     return Path(settings.store.removeprefix("file://").rstrip("/") + ".report")
 
 
-def _texts(store, label: str) -> list[str]:
-    ds = store.to_xarray(done_only=True)
-    labels = np.asarray(ds["label"].values, dtype=object)
-    texts = np.asarray(ds["text"].values, dtype=object)
-    return [str(t) for t in texts[labels == label]]
-
-
-def _baseline(store) -> dict[int, np.ndarray] | None:
-    try:
-        concept = store.read_concept()
-    except KeyError:
-        return None
-    diff = np.asarray(concept["diff_in_means"].values)
-    if not np.isfinite(diff).all():
-        return None
-    return {int(layer): diff[i] for i, layer in enumerate(store.layers)}
-
-
 def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str, run_name: str,
                         run_summary: dict) -> dict:
     """Evaluate the run's cluster directions (when settings.evaluate) and write the report.
@@ -83,19 +66,19 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
     store = writable_store(store_uri, store_uuid)
     clustering = load_store_clustering(store, run_name)
     comparison, rows = clustering.comparison, clustering.rows
-    result = comparison.result
-    evaluation = None
+    evaluation, reused = None, False
+    report_dir = default_report_dir(settings)
     if settings.evaluate:
-        engine = get_engine(settings.model, settings.directions, settings.engine)
-        middle = int(np.median(comparison.row_layer)) if comparison.row_layer.size else engine.layers[0]
-        candidates = build_candidates(
-            result.directions, cluster_layer_of(comparison, result), _baseline(store),
-            settings.evaluation.n_random, settings.evaluation.seed, default_layers=[middle],
+        # The evaluation reads only the run's directions and the store's held-out rows, so it is
+        # kept on disk under a key of those, its settings and its code: a rerun with nothing new
+        # reads it back instead of scoring every candidate again.
+        key = cache_key(store.data_version(), run_name, settings.evaluation, settings.model, settings.directions)
+        evaluation, reused = cached(
+            report_dir / "evaluation-cache", key,
+            lambda: evaluate_heldout(settings, store, clustering,
+                                     get_engine(settings.model, settings.directions, settings.engine)),
         )
-        members = [[rows.texts[i] for i in _member_order(result, k)] for k in range(result.n_clusters)]
-        evaluation = evaluate_directions(
-            engine, candidates, _texts(store, "harmless"), _texts(store, "harmful"), members, settings.evaluation
-        )
+    verdict = verdict_of(evaluation, clustering.significance)
     best = store.read_rows(rows.store_rows, ("best_layer",))["best_layer"]
     details = {
         "store": store.uri,
@@ -105,22 +88,17 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
     }
     report = build_report(ReportInputs(
         comparison, clustering.metrics, rows.texts, rows.categories, rows.effect, list(rows.layers),
-        np.asarray(best), evaluation, details=details,
+        np.asarray(best), evaluation, details=details, verdict=verdict, significance=clustering.significance,
     ))
-    path = write_report(report, default_report_dir(settings) / "report.html")
+    path = write_report(report, report_dir / "report.html")
     return {
         "html": str(path.resolve()),
         "markdown": report.markdown,
         "cluster_rows": report.cluster_rows,
         "findings": report.findings,
+        "verdict": report.verdict,
+        "evaluation_reused": reused,
     }
-
-
-def _member_order(result, k: int) -> list[int]:
-    """Cluster k's member rows, its exemplars first."""
-    first = [int(i) for i in result.exemplars[k]]
-    rest = [int(i) for i in np.flatnonzero(result.labels == k) if int(i) not in set(first)]
-    return first + rest
 
 
 __all__ = ["ClusteringError", "cluster_step", "evaluate_and_report", "default_report_dir"]

@@ -32,9 +32,10 @@ EXTRACT_CACHE = (INPUTS - "row" - "store_uri" - "model" - "engine") + CodeVersio
 ))
 # A clustering is determined by the rows clustered (the store's data version, which hashes the
 # store UUID, the method and the done prompt ids), the clustering parameters, and the code of the
-# clustering wing, the analysis step and the store.
+# clustering wing, the discovery / held-out split, the analysis step and the store.
 CLUSTER_CACHE = (INPUTS - "store_uri") + CodeVersion(packages=(
-    "refusal_atlas.tasks.clustering", "refusal_atlas.tasks.steps.analysis", "refusal_atlas.storage",
+    "refusal_atlas.tasks.clustering", "refusal_atlas.tasks.evaluation.split", "refusal_atlas.tasks.steps.analysis",
+    "refusal_atlas.storage",
 ))
 
 

@@ -1,0 +1,91 @@
+"""From the evaluation's per-prompt numbers and the clustering's significance to the verdict.
+
+Every figure here is measured on held-out prompts (or against a null) and carries an interval:
+effects are per-prompt changes in f, signed so that larger means the direction does more (for
+induce the rise of f on harmless prompts, for bypass its fall on harmful prompts); a cluster
+direction is compared with the common direction at its layer on the same prompts (a paired
+bootstrap) and with the size-matched subset means made for it. `decide` (tasks.evaluation.verdict)
+applies the criteria.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refusal_atlas.tasks.evaluation.evaluate import DirectionEffect, EvaluationResult
+from refusal_atlas.tasks.evaluation.intervals import Estimate, bootstrap_difference, bootstrap_mean, share_beaten, wilson
+from refusal_atlas.tasks.evaluation.specificity import specificity_index
+from refusal_atlas.tasks.evaluation.verdict import ClusterEvidence, MeasureEvidence, Verdict, decide
+
+MEASURES = ("induce", "bypass")
+
+
+def signed(e: DirectionEffect, measure: str) -> np.ndarray:
+    """Per-prompt effect [n], larger = the direction does more."""
+    if measure == "induce":
+        return np.asarray(e.induce_df_prompts, dtype=np.float64)
+    return -np.asarray(e.bypass_df_prompts, dtype=np.float64)
+
+
+def effect_estimate(e: DirectionEffect, measure: str, seed: int = 0) -> Estimate:
+    """The mean signed effect with its bootstrap interval."""
+    return bootstrap_mean(signed(e, measure), seed=seed)
+
+
+def rate_estimate(rate: float, n: int) -> Estimate:
+    """A judged-refusal share as a Wilson interval (NaN without replies)."""
+    if not n or not np.isfinite(rate):
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    return wilson(int(round(rate * n)), n)
+
+
+def kl_estimate(e: DirectionEffect, seed: int = 0) -> Estimate:
+    values = np.asarray(e.kl_ablate_prompts, dtype=np.float64)
+    return bootstrap_mean(values[np.isfinite(values)], seed=seed)
+
+
+def common_at(result: EvaluationResult, layer: int) -> DirectionEffect | None:
+    commons = result.of_kind("common")
+    return next((e for e in commons if e.layer == layer), commons[0] if commons else None)
+
+
+def cluster_evidence(result: EvaluationResult, k: int, seed: int = 0) -> ClusterEvidence:
+    cluster = next(e for e in result.of_kind("cluster") if e.cluster == k)
+    common = common_at(result, cluster.layer)
+    subsets = [e for e in result.of_kind("subset") if e.cluster == k]
+    measures = []
+    for measure in MEASURES:
+        mine = signed(cluster, measure)
+        if common is None or mine.size == 0:
+            continue
+        vs_common = bootstrap_difference(mine, signed(common, measure), paired=True, seed=seed)
+        share = share_beaten(float(mine.mean()), [signed(s, measure).mean() for s in subsets]) if subsets else 0.0
+        measures.append(MeasureEvidence(measure, vs_common, share, len(subsets)))
+    spec = result.specificity
+    index = (specificity_index(spec, k, seed) if spec is not None
+             else Estimate(float("nan"), float("nan"), float("nan"), 0))
+    return ClusterEvidence(k, index, tuple(measures))
+
+
+def common_estimates(result: EvaluationResult, seed: int = 0) -> dict[str, Estimate]:
+    """The common direction's held-out effect per measure (and per layer when there are several)."""
+    commons = result.of_kind("common")
+    out = {}
+    for e in commons:
+        suffix = "" if len(commons) == 1 else f" @L{e.layer}"
+        for measure in MEASURES:
+            out[measure + suffix] = effect_estimate(e, measure, seed)
+    return out
+
+
+def verdict_of(result: EvaluationResult | None, significance) -> Verdict | None:
+    """The verdict, or None when the evaluation or the clustering's significance was not run."""
+    if result is None or significance is None:
+        return None
+    n = len(result.of_kind("cluster"))
+    if significance.null.observed_clusters != n:
+        raise ValueError(f"the significance is for {significance.null.observed_clusters} clusters and the "
+                         f"evaluation for {n}; they must come from the same clustering run.")
+    seed = result.settings.seed
+    evidence = [cluster_evidence(result, k, seed) for k in range(n)]
+    return decide(significance.null, significance.stability, evidence, common_estimates(result, seed))
