@@ -1,8 +1,8 @@
 """A prompt's identity: the content hash of its text, computed by one function everywhere.
 
-A prompt's text is stripped of surrounding whitespace once, when its record is made
-(``tasks.prompts.records.Prompt.create``); from then on the stored text is hashed as it is, so
-the registration, the store and the per-prompt task all agree on the same bytes.
+Surrounding whitespace is no part of a prompt: records store their text stripped
+(``tasks.prompts.records.Prompt.create``), and the hash strips too, so the registration, the
+store and the per-prompt task, which all call ``text_sha256``, agree whatever text they hold.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ ID_LENGTH = 16
 
 
 def text_sha256(text: str) -> str:
-    """The full hex SHA-256 of the UTF-8 text, exactly as given (callers strip it first)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The full hex SHA-256 of the stripped UTF-8 text."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
 
 
 def prompt_id(text: str) -> str:

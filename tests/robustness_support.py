@@ -40,7 +40,8 @@ def sources(tmp_path: Path, harmful: int, harmless: int) -> list[Path]:
 
 
 def settings(model_dir: Path, store: Path, files: list[Path], **extra):
-    """Settings for a quick run on the tiny model (layers 1 and 2, two steps, no evaluation)."""
+    """Settings for a quick run on the tiny model (layers 1 and 2, two steps, no evaluation, so
+    nothing held out: these runs have too few prompts to split)."""
     from refusal_atlas.tasks.prompts.sources import PromptSource
     from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
 
@@ -49,7 +50,7 @@ def settings(model_dir: Path, store: Path, files: list[Path], **extra):
         store=str(store),
         model=ModelSettings(name=str(model_dir)),
         directions=DirectionSettings(layers=[1, 2], steps=2),
-        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0, null_sets=0),
+        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0, null_sets=0, heldout_fraction=0),
         evaluate=False,
         **extra,
     )
@@ -59,7 +60,7 @@ def flags(model_dir: Path, store: Path, files: list[Path], *extra: str) -> list[
     """`refusal-atlas run` arguments that spell ``settings(model_dir, store, files)``."""
     return ["run", "--model", str(model_dir), "--store", str(store), "--layers", "1", "2", "--steps", "2",
             "--cluster-min-cluster-size", "2", "--cluster-pca-dim", "none", "--cluster-bootstraps", "0",
-            "--no-evaluate", "--prompts", *map(str, files), *extra]
+            "--cluster-null-sets", "0", "--cluster-heldout-fraction", "0", "--no-evaluate", "--prompts", *map(str, files), *extra]
 
 
 def summary_counts(output: str) -> dict[str, int]:

@@ -45,7 +45,7 @@ def _settings(model_dir: Path, tmp_path: Path, sources: list[Path], **extra) -> 
         store=str(tmp_path / "atlas.zarr"),
         model=ModelSettings(name=str(model_dir)),
         directions=DirectionSettings(layers=[1, 2], steps=2),
-        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0, null_sets=0),
+        clustering=ClusterSettings(min_cluster_size=2, pca_dim=None, bootstraps=0, null_sets=0, heldout_fraction=0),
         evaluate=False,
         **extra,
     )
@@ -196,7 +196,7 @@ def test_cli_run_on_its_own_local_dask_cluster(prefect_harness, model_dir, tmp_p
     command = [str(Path(sys.executable).parent / "refusal-atlas"), "run", "--dask", "--dask-workers", "1",
                "--threads", "4", "--model", str(model_dir), "--layers", "1", "--steps", "1", "--no-evaluate",
                "--cluster-min-cluster-size", "2", "--cluster-pca-dim", "none", "--cluster-bootstraps", "0",
-               "--store", str(tmp_path / "dask.zarr"), "--prompts", str(harmful), str(harmless)]
+               "--cluster-null-sets", "0", "--cluster-heldout-fraction", "0", "--store", str(tmp_path / "dask.zarr"), "--prompts", str(harmful), str(harmless)]
     result = subprocess.run(command, cwd=tmp_path, env=command_env(tmp_path / "prefect-home", harness_api_url()),
                             capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -74,17 +74,19 @@ def register_prompts(settings: AtlasSettings) -> dict:
     return registration.register(settings, engine, prompts).as_dict()
 
 
-@task(
-    name="extract-directions",
-    task_run_name="extract-{prompt_id}",
-    cache_policy=EXTRACT_CACHE,
-    persist_result=True,
-    result_serializer="json",
-    retries=2,
-    retry_delay_seconds=1,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient,
-)
+# What the two cached tasks share: their results persist (caching needs them) as JSON, and a
+# failure a retry could change is retried twice, with jitter so that retries spread out.
+_CACHED_AND_RETRIED = {
+    "persist_result": True,
+    "result_serializer": "json",
+    "retries": 2,
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _retry_transient,
+}
+
+
+@task(name="extract-directions", task_run_name="extract-{prompt_id}", cache_policy=EXTRACT_CACHE,
+      retry_delay_seconds=1, **_CACHED_AND_RETRIED)
 def extract_prompt(
     prompt_id: str,
     text_sha256: str,
@@ -116,16 +118,7 @@ def concept_vectors(store_uri: str, store_uuid: str) -> dict:
     return concepts.compute_concepts(store_uri, store_uuid)
 
 
-@task(
-    name="cluster-directions",
-    cache_policy=CLUSTER_CACHE,
-    persist_result=True,
-    result_serializer="json",
-    retries=2,
-    retry_delay_seconds=2,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient,
-)
+@task(name="cluster-directions", cache_policy=CLUSTER_CACHE, retry_delay_seconds=2, **_CACHED_AND_RETRIED)
 def cluster(store_uri: str, store_uuid: str, data_version: str, settings: ClusterSettings) -> dict:
     """HDBSCAN over the done directions, raw and residual; the run is written to the store."""
     return analysis.cluster_step(store_uri, store_uuid, data_version, settings)

@@ -1,6 +1,10 @@
 """A real llama.cpp loads the exported control vector on the default model's GGUF file and moves
 the logits the way the hook does.
 
+A check to run by hand, `python -m pytest benchmarks/check_llamacpp.py`, on a machine where a
+llama.cpp wheel loads. `make test` leaves it out: no llama.cpp from PyPI loads on the development
+and CI machines (see below), so there it could only ever be skipped.
+
 llama.cpp here comes from the PyPI wheel `llama-cpp-py-sync` (prebuilt libllama, CFFI ABI mode;
 `pip install --no-deps llama-cpp-py-sync`); the test is skipped without it, or where its library
 does not load (on the development machines it needs glibc 2.38 and they have 2.36, so this test
