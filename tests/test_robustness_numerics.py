@@ -36,8 +36,8 @@ def _inject_gradient_faults(monkeypatch, engine) -> None:
     by_ids = {tuple(engine.render(text).input_ids): kind for text, (kind, _) in FAULTS.items()}
     real_init, real_evaluate = PrefixBatch.__init__, PrefixBatch.evaluate
 
-    def init(self, model, rendered, target, pad_id):
-        real_init(self, model, rendered, target, pad_id)
+    def init(self, model, rendered, target, pad_id, skip_lower_layers=True):
+        real_init(self, model, rendered, target, pad_id, skip_lower_layers)
         self.faults = [by_ids.get(tuple(r.input_ids)) for r in rendered]
 
     def evaluate(self, prompts, layers, values=None, grad=True):
