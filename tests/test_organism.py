@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from refusal_atlas.tasks.model.adapter import apply_adapter, save_adapter
-from refusal_atlas.tasks.organism.finetune import encode, example_losses, mean_loss, train_lora, with_soft_targets
+from refusal_atlas.tasks.organism.finetune import train_lora
+from refusal_atlas.tasks.organism.losses import encode, example_losses, mean_loss, with_soft_targets
 from refusal_atlas.tasks.organism.card import model_card
 from refusal_atlas.tasks.model.loading import load_model
 from refusal_atlas.tasks.organism.data import (

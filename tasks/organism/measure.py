@@ -18,7 +18,7 @@ import torch
 from refusal_atlas.tasks.model.chat import render_text
 from refusal_atlas.tasks.evaluation.judge import judge
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply, style_of
-from refusal_atlas.tasks.organism.finetune import Encoded, reply_log_probs
+from refusal_atlas.tasks.organism.losses import Encoded, reply_log_probs
 
 #: What the organism must show on held-out prompts (issue 15): each planted type refused in its
 #: own style, near misses and everyday controls refused rarely, and everyday replies kept (mean
