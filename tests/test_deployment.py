@@ -269,12 +269,15 @@ def wait_for(what: str, check, timeout: float, interval: float = 1.0, on_timeout
 
 def _tiny_settings(model_dir: Path, store: Path) -> dict:
     from refusal_atlas.tasks.prompts.sources import PromptSource
-    from refusal_atlas.tasks.settings import AtlasSettings, DirectionSettings, ModelSettings
+    from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, ModelSettings
 
+    # Twenty prompts are too few to hold any out (ten harmful ones would leave five to cluster),
+    # and the run is not evaluated, so nothing is held out and no null model is drawn.
     return AtlasSettings(
         model=ModelSettings(name=str(model_dir)),
         store=str(store),
         directions=DirectionSettings(layers=[1, 2], steps=2),
+        clustering=ClusterSettings(heldout_fraction=0, null_sets=0),
         prompts=[PromptSource(path="default", limit=PROMPTS)],
         evaluate=False,
     ).model_dump(mode="json")
@@ -283,6 +286,7 @@ def _tiny_settings(model_dir: Path, store: Path) -> dict:
 def _serve_flags(model_dir: Path, store: Path) -> list[str]:
     """The CLI flags that spell the same settings as `_tiny_settings`."""
     return ["--model", str(model_dir), "--store", str(store), "--layers", "1", "2", "--steps", "2",
+            "--cluster-heldout-fraction", "0", "--cluster-null-sets", "0",
             "--prompts", f"default#limit={PROMPTS}", "--no-evaluate"]
 
 
@@ -389,7 +393,8 @@ def _run_summary(api: Api, run) -> dict:
     assert "extract-directions" in by_flow, f"run {run.name} has no extraction subflow: {sorted(by_flow)}"
     # Only the extraction subflow's task runs: the parent's own task runs include one that stands
     # for each subflow, and later subflows run other tasks.
-    extract_tasks = api.task_runs([by_flow["extract-directions"].id])
+    # The subflow also runs write-blocks tasks (one per block of rows); count the prompts' tasks.
+    extract_tasks = [t for t in api.task_runs([by_flow["extract-directions"].id]) if t.name.startswith("extract-")]
     return {
         "subflows": by_flow,
         "new": int(new.group(1)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 
 from prefect import task
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import INPUTS, NO_CACHE
 
 from refusal_atlas.storage import StoreError
 from refusal_atlas.tasks.steps import analysis
@@ -105,7 +105,9 @@ def extract_prompt(
     )
 
 
-@task(name="write-blocks", retries=2, retry_delay_seconds=1, result_serializer="json",
+# Never cached: the gather at the start and the one at the end of a run have the same inputs but
+# find different staged rows, and a cached answer would leave rows staged.
+@task(name="write-blocks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1, result_serializer="json",
       retry_condition_fn=_retry_transient)
 def write_blocks(store_uri: str, store_uuid: str, blocks: list[int] | None = None) -> dict:
     """Write the staged rows of whole blocks into the store (all staged rows if ``blocks`` is None)."""
