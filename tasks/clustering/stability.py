@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refusal_atlas.tasks.clustering.geometry import ClusteringError
 from refusal_atlas.tasks.clustering.spaces import Space
 from refusal_atlas.tasks.clustering.null_model import N_DRAWS, STABLE_JACCARD, cluster_rows
 from refusal_atlas.tasks.settings import ClusterSettings
@@ -97,7 +98,13 @@ def bootstrap_stability(
     jaccard = np.full((n_clusters, n_bootstraps), np.nan)
     for b in progress(range(n_bootstraps)):
         rows = np.unique(np.random.default_rng([seed, b]).integers(0, x.shape[0], x.shape[0]))
-        boot = cluster_rows(x[rows], settings, space).labels
+        try:
+            boot = cluster_rows(x[rows], settings, space).labels
+        except ClusteringError:
+            # Too few distinct rows drawn to cluster at all (small runs): no cluster reappeared
+            # in this resample, which is what a Jaccard of 0 says.
+            jaccard[:, b] = 0.0
+            continue
         jaccard[:, b] = best_jaccard(labels[rows], boot, n_clusters)
     if n_clusters:
         median = np.array([np.nanmedian(row) if np.isfinite(row).any() else np.nan for row in jaccard])
