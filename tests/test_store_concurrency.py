@@ -33,21 +33,24 @@ def _finish(process, timeout: float = 60) -> None:
         pytest.fail("a writer process did not finish in time")
 
 
-@pytest.mark.integration
-def test_four_processes_stage_interleaved_rows_and_one_block_writer_loses_none(tmp_path):
-    # Every block gets rows from all four processes, as per-prompt tasks on four workers do.
-    n_rows, workers = 50, 4
-    uri, store = _new_store(tmp_path, n_rows)
+def _run_writers(target, uri: str, workers: int, n_rows: int) -> None:
+    """Start `workers` processes running target(uri, k, workers, n_rows, barrier), released
+    together by a barrier, and check that every one exited cleanly."""
     barrier = SPAWN.Barrier(workers)
-    processes = [
-        SPAWN.Process(target=support.stage_share, args=(uri, k, workers, n_rows, barrier))
-        for k in range(workers)
-    ]
+    processes = [SPAWN.Process(target=target, args=(uri, k, workers, n_rows, barrier)) for k in range(workers)]
     for process in processes:
         process.start()
     for process in processes:
         _finish(process)
     assert [p.exitcode for p in processes] == [0] * workers
+
+
+@pytest.mark.integration
+def test_four_processes_stage_interleaved_rows_and_one_block_writer_loses_none(tmp_path):
+    # Every block gets rows from all four processes, as per-prompt tasks on four workers do.
+    n_rows, workers = 50, 4
+    uri, store = _new_store(tmp_path, n_rows)
+    _run_writers(support.stage_share, uri, workers, n_rows)
     assert store.staged_rows().tolist() == list(range(n_rows)) and store.done_rows().size == 0
 
     assert store.write_pending() == {"written": n_rows, "failed": 0, "dropped": 0}
@@ -61,16 +64,7 @@ def test_four_processes_stage_interleaved_rows_and_one_block_writer_loses_none(t
 def test_four_processes_write_their_own_blocks_bitwise(tmp_path):
     n_rows, workers = 48, 4
     uri, _ = _new_store(tmp_path, n_rows)
-    barrier = SPAWN.Barrier(workers)
-    processes = [
-        SPAWN.Process(target=support.write_share, args=(uri, k, workers, n_rows, barrier))
-        for k in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        _finish(process)
-    assert [p.exitcode for p in processes] == [0] * workers
+    _run_writers(support.write_share, uri, workers, n_rows)
 
     store = AtlasStore.open(uri)
     assert store.done_rows().tolist() == list(range(n_rows))
