@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from annotated_types import MinLen
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
+
+from refusal_atlas.flows.flag_errors import validation_paragraph
 
 #: Words that mean "no value" for a field that may be None (an empty string too).
 NONE_WORDS = frozenset({"none", "null", ""})
@@ -270,29 +273,14 @@ def settings_from_args(model: type[BaseModel], args: argparse.Namespace):
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise FlagError(explain(err, flags)) from None
+        raise FlagError(validation_paragraph(err, flags)) from None
 
 
-def explain(err: ValidationError, flags: list[Flag]) -> str:
-    """Pydantic's errors as one paragraph, each under the flag that sets the value it is about."""
-    by_path = {flag.path: flag for flag in flags}
-    messages: dict[str, list[str]] = {}
-    given: dict[str, str] = {}
-    for error in err.errors(include_url=False):
-        loc = tuple(error["loc"])
-        cut = next((n for n in range(len(loc), 0, -1) if loc[:n] in by_path), 0)
-        flag = by_path.get(loc[:cut])
-        # A model validator's error (an empty location) is about the settings as a whole.
-        where = flag.option if flag else ".".join(map(str, loc))
-        # Below a scalar flag, pydantic's location names only the member of a union it tried
-        # ("int", "literal['best']"), so the members' messages are joined with "or" instead.
-        if flag is not None and flag.kind not in ("scalar", "bool") and loc[cut:]:
-            where += " (" + ", ".join(f"item {p + 1}" if isinstance(p, int) else str(p) for p in loc[cut:]) + ")"
-        message = error["msg"].removeprefix("Value error, ").rstrip(".")
-        if message not in messages.setdefault(where, []):
-            messages[where].append(message)
-        if loc and isinstance(error.get("input"), str | int | float):
-            given.setdefault(where, f" (given {error['input']!r})")
-    reasons = (f"{where + ': ' if where else ''}{' or '.join(texts)}{given.get(where, '')}"
-               for where, texts in messages.items())
-    return "invalid settings: " + "; ".join(reasons) + "."
+def settings_or_report(model: type[BaseModel], args: argparse.Namespace, command: str):
+    """`settings_from_args`, or None after printing its one-paragraph error as `command`'s
+    (the caller then exits with status 2): every command reports bad flags the same way."""
+    try:
+        return settings_from_args(model, args)
+    except FlagError as err:
+        print(f"refusal-atlas {command}: {err}", file=sys.stderr)
+        return None

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from refusal_atlas.flows.flags import FlagError, add_settings_flags, settings_from_args
+from refusal_atlas.flows.flags import add_settings_flags, settings_from_args, settings_or_report
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 
 HELP = "Fine-tune a refusal model organism with planted refusal types."
@@ -34,10 +33,8 @@ def organism_settings(args: argparse.Namespace) -> OrganismSettings:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = organism_settings(args)
-    except FlagError as err:
-        print(f"refusal-atlas organism: {err}", file=sys.stderr)
+    settings = settings_or_report(OrganismSettings, args, "organism")
+    if settings is None:
         return 2
 
     from refusal_atlas.flows.organism import organism

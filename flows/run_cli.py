@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from refusal_atlas.flows.flags import FlagError, add_settings_flags, settings_from_args
+from refusal_atlas.flows.flags import add_settings_flags, settings_from_args, settings_or_report
 
 HELP = "Run the refusal_atlas flow once."
 DESCRIPTION = ("Run the refusal_atlas flow once (Prefect's ephemeral mode unless PREFECT_API_URL "
@@ -31,10 +31,10 @@ def atlas_settings(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     # Settings first: a mistake in a flag is reported before the flow and torch are imported.
-    try:
-        settings = atlas_settings(args)
-    except FlagError as err:
-        print(f"refusal-atlas run: {err}", file=sys.stderr)
+    from refusal_atlas.tasks.settings import AtlasSettings
+
+    settings = settings_or_report(AtlasSettings, args, "run")
+    if settings is None:
         return 2
     # Then the prompt files: a missing file or a malformed line is reported in a second or two,
     # before Prefect's server starts and the model loads (tens of seconds). The flow reads them

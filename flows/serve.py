@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from refusal_atlas.flows.flags import FlagError, add_settings_flags, settings_from_args
+from refusal_atlas.flows.flags import add_settings_flags, settings_or_report
 
 DEFAULT_NAME = "refusal-atlas-serve"
 HELP = "Serve the flow on a cron or interval schedule (needs a Prefect server)."
@@ -90,10 +90,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"refusal-atlas serve: invalid schedule: {err}", file=sys.stderr)
         return 2
-    try:
-        settings = settings_from_args(AtlasSettings, args)
-    except FlagError as err:
-        print(f"refusal-atlas serve: {err}", file=sys.stderr)
+    settings = settings_or_report(AtlasSettings, args, "serve")
+    if settings is None:
         return 2
 
     from prefect import serve
