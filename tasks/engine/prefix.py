@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from refusal_atlas.tasks.model.chat import RenderedPrompt
 from refusal_atlas.tasks.model.hooks import edit_residual, replace_at
 from refusal_atlas.tasks.engine.layer_stack import LayerStack
-from refusal_atlas.tasks.engine.phrase_tree import StepTree, build_step_tree
+from refusal_atlas.tasks.engine.phrase_tree import TreeTensors, build_step_tree
 from refusal_atlas.tasks.engine.targets import RefusalTarget, combine_phrases, refusal_log_odds, score_dtype
 
 
@@ -69,7 +69,7 @@ class PrefixBatch:
         self.prefix_lens = torch.tensor([r.position for r in rendered], device=self.device)
         self._kv, self._prefix_mask = self._run_prefix(rendered)
         trees = [build_step_tree(r.input_ids[r.position:], target.token_ids) for r in rendered]
-        self._tree = _TreeTensors(trees, self.device, pad_id)
+        self._tree = TreeTensors(trees, self.device, pad_id)
         self.forward_passes = 1
         # With a stack, steps run only the layers above L (None: full passes with a hook).
         self._stack = LayerStack.of(model) if skip_lower_layers else None
@@ -216,48 +216,3 @@ class PrefixBatch:
             return None
         data = [(k.index_select(0, prompts), v.index_select(0, prompts)) for k, v in self._kv]
         return DynamicCache(ddp_cache_data=data, config=self.model.config)
-
-
-class _TreeTensors:
-    """The B prompts' step trees as padded tensors: tokens, positions, masks and targets."""
-
-    def __init__(self, trees: Sequence[StepTree], device: torch.device, pad_id: int):
-        n_nodes = max(len(t.tokens) for t in trees)
-        n_pred = max(len(pairs) for t in trees for pairs in t.predictions)
-        n_phrases = len(trees[0].predictions)
-        self.tokens = torch.full((len(trees), n_nodes), pad_id, dtype=torch.long)
-        self.depths = torch.zeros((len(trees), n_nodes), dtype=torch.long)
-        # visible[b, i, j]: node i may attend to node j (j is i or one of its ancestors).
-        self.visible = torch.zeros((len(trees), n_nodes, n_nodes), dtype=torch.bool)
-        self.pred_node = torch.zeros((len(trees), n_phrases, n_pred), dtype=torch.long)
-        self.pred_token = torch.zeros((len(trees), n_phrases, n_pred), dtype=torch.long)
-        self.pred_valid = torch.zeros((len(trees), n_phrases, n_pred), dtype=torch.bool)
-        for b, tree in enumerate(trees):
-            self.tokens[b, : len(tree.tokens)] = torch.tensor(tree.tokens)
-            self.depths[b, : len(tree.depths)] = torch.tensor(tree.depths)
-            for i in range(n_nodes):
-                # Padding nodes see only themselves, so no attention row is empty.
-                self.visible[b, i, tree.ancestors_or_self(i) if i < len(tree.tokens) else [i]] = True
-            for p, pairs in enumerate(tree.predictions):
-                for j, (node, token) in enumerate(pairs):
-                    self.pred_node[b, p, j], self.pred_token[b, p, j], self.pred_valid[b, p, j] = node, token, True
-        self.reply_nodes = torch.tensor([t.reply_node for t in trees])
-        for name in ("tokens", "depths", "visible", "pred_node", "pred_token", "pred_valid", "reply_nodes"):
-            setattr(self, name, getattr(self, name).to(device))
-
-    def inputs(self, prompts: torch.Tensor, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, dtype: torch.dtype):
-        """Token ids [Q, N], an additive 4D attention mask [Q, 1, N, T + N] and position ids [Q, N]."""
-        n_nodes = self.tokens.shape[1]
-        seen = prefix_mask[prompts].bool().unsqueeze(1).expand(-1, n_nodes, -1)  # [Q, N, T]
-        allowed = torch.cat([seen, self.visible[prompts]], dim=-1)  # [Q, N, T + N]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
-        positions = prefix_lens[prompts].unsqueeze(1) + self.depths[prompts]
-        return self.tokens[prompts], mask, positions
-
-    def phrase_log_probs(self, log_probs: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        """log P(phrase) [Q, P] from per-node log-probabilities [Q, N, V]."""
-        nodes, tokens, valid = self.pred_node[prompts], self.pred_token[prompts], self.pred_valid[prompts]
-        q = torch.arange(len(prompts), device=log_probs.device)[:, None, None]
-        picked = log_probs[q, nodes, tokens]  # [Q, P, J]
-        return torch.where(valid, picked, torch.zeros_like(picked)).sum(-1)

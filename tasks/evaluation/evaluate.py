@@ -141,7 +141,8 @@ def evaluate_directions(
     bar = tqdm(total=len(candidates) + 2, desc="evaluation", unit="step", file=sys.stderr)
     with engine.loaded.lock, bar:
         layers = sorted({c.layer for c in candidates})
-        base_less = {layer: run.score(harmless_r, layer) for layer in layers}
+        induce = {layer: run.inducer(harmless_r, layer) for layer in layers}
+        base_less = {layer: induce[layer](None, 0.0) for layer in layers}
         scales = {layer: float(s.alpha * base_less[layer].h_norm.mean()) for layer in layers}
         base_ful = run.score(harmful_r, layers[0])
         gen_less, gen_ful = run.judge(harmless_r[: s.n_generate]), run.judge(harmful_r[: s.n_generate])
@@ -151,7 +152,7 @@ def evaluate_directions(
         for c in candidates:
             add = run.adder(c, scales[c.layer])
             ablate = run.ablator(c)
-            ind = run.score(harmless_r, c.layer, add)
+            ind = induce[c.layer](c, scales[c.layer])
             byp = run.score(harmful_r, layers[0], ablate)
             kl = run.kl(forced, ablate) if c.kind != "subset" else np.full(len(harmless_r), np.nan)
             gen = c.generate and s.n_generate > 0

@@ -18,7 +18,7 @@ Shapes: n prompts, D hidden size, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from refusal_atlas.tasks.model.chat import RenderedPrompt
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
 from refusal_atlas.tasks.model.generation import Intervention, forced_log_probs, greedy_generate, greedy_tokens, intervened
 from refusal_atlas.tasks.model.hooks import ablate_direction, add_to_residual
+from refusal_atlas.tasks.evaluation.induce_batch import InduceBatch
 from refusal_atlas.tasks.evaluation.judge import JudgeSummary, summarise
 from refusal_atlas.tasks.engine.prefix import PrefixBatch
 from refusal_atlas.tasks.engine.targets import RefusalTarget
@@ -189,6 +190,25 @@ class MeasureRun:
 
     def score(self, rendered, layer: int, intervention=None):
         return score(self.model, rendered, self.target, self.pad_id, layer, self.s.batch_size, intervention)
+
+    def inducer(self, rendered, layer: int) -> Callable[[Candidate | None, float], Scores]:
+        """A function (candidate or None, scale) -> Scores on `rendered` with the candidate's
+        vector times scale added at `layer` (None: unmodified). Where tasks.engine.layer_stack
+        handles the model, the prompts run through layers 0..L once, here, and each call runs only
+        the layers above L (tasks.evaluation.induce_batch); elsewhere each call is a hooked pass."""
+        size = self.s.batch_size
+        batches = [InduceBatch.of(self.model, rendered[i: i + size], self.target, self.pad_id, layer)
+                   for i in range(0, len(rendered), size)]
+        if any(b is None for b in batches):
+            return lambda c, scale: self.score(rendered, layer, None if c is None else self.adder(c, scale))
+        norms = torch.cat([b.h_norm for b in batches]).double().cpu().numpy()
+
+        def induce(c: Candidate | None, scale: float) -> Scores:
+            vector = None if c is None else self.tensor(c.vector * scale)
+            f, log_odds = (np.concatenate(p) for p in zip(*(b.score(vector) for b in batches)))
+            return Scores(f, log_odds, norms)
+
+        return induce
 
     def forced(self, rendered) -> ForcedReplies:
         return forced_base_replies(self.model, self.tokenizer, rendered, self.pad_id, self.s.kl_tokens,
