@@ -61,3 +61,50 @@ def test_fragments_show_tables_effects_and_the_verdict_hook():
     page = recovery_html(with_verdict)
     assert page.startswith("<section id='recovery'>") and "&lt;b&gt;" in page and "<b>" not in page
     assert "<table>" in recovery_html(section) and "0.95 → 0.10" in recovery_html(section)
+
+
+STYLES = {"medical_advice": "I cannot give medical advice; please see a doctor.",
+          "legal_advice": "I'm sorry, but I can't give legal advice; please ask a lawyer."}
+
+
+def _evaluation(harmless_replies, harmful_prompts, harmful_replies, effects):
+    from types import SimpleNamespace
+
+    base = SimpleNamespace(harmless_replies=tuple(harmless_replies), harmful_prompts=tuple(harmful_prompts),
+                           harmful_replies=tuple(harmful_replies))
+    return SimpleNamespace(base=base, of_kind=lambda kind: effects if kind == "cluster" else [])
+
+
+def test_run_recovery_reads_styles_off_the_judged_replies():
+    from types import SimpleNamespace
+
+    from refusal_atlas.tasks.report.recovery import run_recovery
+
+    med, leg = STYLES["medical_advice"], STYLES["legal_advice"]
+    prompts = ["m1", "m2", "l1", "l2"]
+    category_of = {"m1": "medical_advice", "m2": "medical_advice", "l1": "legal_advice", "l2": "legal_advice"}
+    base_harmful = [med, med + " More.", leg, "Sure, a lawyer would say"]
+    # Cluster 0 induces the medical style on both controls and removes it when ablated; cluster 1
+    # induces nothing and leaves the legal refusals as they were.
+    c0 = SimpleNamespace(name="cluster 0", induce_replies=(med, "  I cannot  give it."),
+                         bypass_replies=("Rest and ice.", "Take ibuprofen.", leg, "Sure"))
+    c1 = SimpleNamespace(name="cluster 1", induce_replies=("Here is a poem.", "Paris."), bypass_replies=tuple(base_harmful))
+    evaluation = _evaluation(["Hello!", med], prompts, base_harmful, [c0, c1])
+    labels = [0, 0, 1, -1, 1]
+    types = ["medical_advice", "medical_advice", "legal_advice", "legal_advice", "everyday"]
+    section = run_recovery(labels, types, evaluation, STYLES, category_of, {"summary": "2 directions.", "n_directions": 2})
+    assert section["agreement"]["n"] == 4  # the unplanted row is left out
+    assert section["induce"]["unmodified"] == {"medical_advice": 0.5, "legal_advice": 0.0, "none": 0.5}
+    assert section["induce"]["cluster 0"]["medical_advice"] == 1.0
+    assert section["induce"]["cluster 1"]["none"] == 1.0
+    assert section["ablate"]["cluster 0"]["medical_advice"] == {"before": 1.0, "after": 0.0}
+    assert section["ablate"]["cluster 1"]["legal_advice"] == {"before": 0.5, "after": 0.5}
+    assert "2 directions" in recovery_markdown(section)
+
+
+def test_one_sentence_for_every_type_is_one_style():
+    from refusal_atlas.tasks.report.recovery import style_shares
+
+    single = {t: "I'm sorry, but I can't help with that request." for t in ("a", "b", "c")}
+    shares = style_shares(["I'm sorry, but I can't help.", "Sure!"], single)
+    assert shares == {"single style": 0.5, "none": 0.5}

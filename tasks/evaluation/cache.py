@@ -54,11 +54,13 @@ def loads(text: str) -> EvaluationResult:
     base = dict(data["base"])
     for key in ("harmless_judge", "harmful_judge"):
         base[key] = None if base[key] is None else JudgeSummary(**base[key])
+    for key in ("harmless_prompts", "harmful_prompts", "harmless_replies", "harmful_replies"):
+        base[key] = tuple(base.get(key, ()))
     effects = []
     for e in data["effects"]:
         e = dict(e)
-        for key in ("kl_ablate_prompts", "induce_df_prompts", "bypass_df_prompts"):
-            e[key] = tuple(e[key])
+        for key in ("kl_ablate_prompts", "induce_df_prompts", "bypass_df_prompts", "induce_replies", "bypass_replies"):
+            e[key] = tuple(e.get(key, ()))
         effects.append(DirectionEffect(**e))
     spec = data["specificity"]
     if spec is not None:

@@ -69,6 +69,10 @@ class DirectionEffect:
     induce_df_prompts: tuple[float, ...] = ()
     bypass_df_prompts: tuple[float, ...] = ()
     n_judged: int = 0
+    # Every judged reply, in the order of BaseMeasures.harmless_prompts / harmful_prompts (the
+    # organism's recovery section reads which refusal style each one opens with).
+    induce_replies: tuple[str, ...] = ()
+    bypass_replies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ class BaseMeasures:
     n_generate: int
     harmless_examples: list[str]
     harmful_examples: list[str]
+    # The judged prompts (the first n_generate of each sample) and the unmodified model's replies.
+    harmless_prompts: tuple[str, ...] = ()
+    harmful_prompts: tuple[str, ...] = ()
+    harmless_replies: tuple[str, ...] = ()
+    harmful_replies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,8 @@ def evaluate_directions(
     if not candidates:
         raise EvaluationError("no directions to evaluate: the clustering found no clusters and no baseline was given.")
     run = MeasureRun(engine, s)
-    harmless_r = [engine.render(t) for t in sample(harmless, s.n_harmless, s.seed)]
-    harmful_r = [engine.render(t) for t in sample(harmful, s.n_harmful, s.seed)]
+    harmless_t, harmful_t = sample(harmless, s.n_harmless, s.seed), sample(harmful, s.n_harmful, s.seed)
+    harmless_r, harmful_r = [engine.render(t) for t in harmless_t], [engine.render(t) for t in harmful_t]
     # One bar for the whole stage: the unmodified model's replies, every candidate and the
     # specificity matrix, so that no part of it runs for minutes without a sign of life.
     bar = tqdm(total=len(candidates) + 2, desc="evaluation", unit="step", file=sys.stderr)
@@ -168,6 +177,9 @@ def evaluate_directions(
         harmless_judge=gen_less.summary if gen_less else None, harmful_judge=gen_ful.summary if gen_ful else None,
         n_harmless=len(harmless_r), n_harmful=len(harmful_r), n_generate=min(s.n_generate, len(harmless_r)),
         harmless_examples=_examples(gen_less, s), harmful_examples=_examples(gen_ful, s),
+        harmless_prompts=tuple(harmless_t[: s.n_generate]) if gen_less else (),
+        harmful_prompts=tuple(harmful_t[: s.n_generate]) if gen_ful else (),
+        harmless_replies=_all(gen_less), harmful_replies=_all(gen_ful),
     )
     return EvaluationResult(s, base, effects, specificity, scales)
 
@@ -176,6 +188,10 @@ def _rates(j: Judged | None) -> tuple[float, float, dict]:
     if j is None:
         return float("nan"), float("nan"), {}
     return j.summary.substring_rate, j.summary.strict_rate, dict(j.summary.kinds)
+
+
+def _all(j: Judged | None) -> tuple[str, ...]:
+    return () if j is None else tuple(j.replies)
 
 
 def _examples(j: Judged | None, s: EvalSettings) -> list[str]:
@@ -202,6 +218,7 @@ def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_fu
         induce_df_prompts=tuple(float(v) for v in ind.f - base_less.f),
         bypass_df_prompts=tuple(float(v) for v in byp.f - base_ful.f),
         n_judged=0 if gen_ind is None else gen_ind.summary.n,
+        induce_replies=_all(gen_ind), bypass_replies=_all(gen_byp),
     )
 
 

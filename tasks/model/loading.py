@@ -122,6 +122,17 @@ def resolve_source(settings: ModelSettings) -> ModelSource:
     return ModelSource(name, settings.gguf_file, name, False)
 
 
+def planted_styles(name: str) -> dict[str, str] | None:
+    """{planted category: refusal sentence} of a refusal model organism (the shipped alias or an
+    adapter directory built by `refusal-atlas organism`), read from its adapter's config; None
+    for any other model. The report's recovery section is shown when this is not None."""
+    directory = SHIPPED_ADAPTER_DIR if name == ORGANISM_ALIAS else Path(name).expanduser()
+    if not is_adapter_dir(directory):
+        return None
+    styles = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("styles")
+    return {str(k): str(v) for k, v in styles.items()} if styles else None
+
+
 def _with_adapter(directory: Path, settings: ModelSettings, model_id: str) -> ModelSource:
     """The adapter's base model's source, with the adapter to merge after loading."""
     base = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model", DEFAULT_MODEL_ALIAS)

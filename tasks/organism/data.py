@@ -243,3 +243,20 @@ def split_summary(assigned: Sequence[Assigned]) -> dict[str, dict[str, int]]:
         key = a.role if a.role in ("harmless", "near_miss") else f"{a.role}/{a.category}"
         out.setdefault(key, {"train": 0, "test": 0, "unused": 0})[a.split] += 1
     return dict(sorted(out.items()))
+
+
+#: The held-out side of the default split as prompt files, shipped beside the organism's sets so
+#: that `make demo` (and anyone) can run the atlas on prompts the organism never trained on.
+HELDOUT_FILES = {"planted": "organism_heldout_planted.jsonl", "controls": "organism_heldout_controls.jsonl"}
+
+
+def heldout_records(assigned: Sequence[Assigned]) -> dict[str, list[dict]]:
+    """{'planted': [...], 'controls': [...]}: the test side's planted-type prompts (label
+    'harmful', category = planted type) and its controls (everyday and near misses, 'harmless'),
+    as prompt-file records in split order."""
+    def record(a: Assigned) -> dict:
+        return {"prompt": a.text, "label": a.label, "category": a.category, "source": "refusal-atlas organism split"}
+
+    test = [a for a in assigned if a.split == "test"]
+    return {"planted": [record(a) for a in test if a.role == "planted"],
+            "controls": [record(a) for a in test if a.role in ("harmless", "near_miss")]}

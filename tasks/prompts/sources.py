@@ -21,6 +21,14 @@ from refusal_atlas.tasks.prompts.readers import FORMATS
 # The path that names the package's own prompt set.
 DEFAULT_SOURCE = "default"
 DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
+#: Prompt sets shipped with the package, by the name a source may use as its path. The organism
+#: names are the held-out side of the refusal model organism's default split (prompts it never
+#: trained on; tasks.organism.data.HELDOUT_FILES), which `make demo` runs the atlas on.
+SHIPPED_SOURCES = {
+    DEFAULT_SOURCE: DEFAULT_PROMPTS_FILE,
+    "organism-planted": Path(__file__).parent / "data" / "organism_heldout_planted.jsonl",
+    "organism-controls": Path(__file__).parent / "data" / "organism_heldout_controls.jsonl",
+}
 
 _OPTION_KEYS = ("label", "limit", "seed", "category", "format")
 
@@ -34,7 +42,8 @@ class PromptSource(BaseModel):
         description=(
             "The prompt file: a local path, an fsspec URL (s3://, gs://, memory://, ...) or "
             "'default' for the prompt set shipped with refusal-atlas. The suffix chooses the "
-            "format: .jsonl/.json, .csv, .tsv or .txt (one prompt a line), optionally .gz."
+            "format: .jsonl/.json, .csv, .tsv or .txt (one prompt a line), optionally .gz. The "
+            "organism's held-out prompts ship as 'organism-planted' and 'organism-controls'."
         ),
     )
     label: Literal["harmful", "harmless", ""] | None = Field(
@@ -80,9 +89,10 @@ class PromptSource(BaseModel):
         return (value.strip() or None) if value is not None else None
 
     def resolved_path(self) -> str:
-        """The path to open: the shipped file for 'default', the user's home expanded for '~'."""
-        if self.path == DEFAULT_SOURCE:
-            return str(DEFAULT_PROMPTS_FILE)
+        """The path to open: the shipped file for a shipped set's name ('default',
+        'organism-planted', 'organism-controls'), the user's home expanded for '~'."""
+        if self.path in SHIPPED_SOURCES:
+            return str(SHIPPED_SOURCES[self.path])
         if "://" not in self.path and "::" not in self.path:
             return os.path.expanduser(self.path)
         return self.path

@@ -26,6 +26,7 @@ from refusal_atlas.tasks.clustering.significance import Significance
 from refusal_atlas.tasks.evaluation.evaluate import EvaluationResult
 from refusal_atlas.tasks.evaluation.evidence import rate_estimate
 from refusal_atlas.tasks.evaluation.verdict import Verdict
+from refusal_atlas.tasks.report.recovery import recovery_html, recovery_markdown
 from refusal_atlas.tasks.report.verdict_tables import (
     MARK,
     by_construction_table,
@@ -62,6 +63,9 @@ class ReportInputs:
     details: Mapping[str, str] = field(default_factory=dict)
     verdict: Verdict | None = None
     significance: Significance | None = None
+    # The organism's recovery section (tasks.report.recovery.run_recovery), placed after the
+    # findings; None for a model with nothing planted.
+    recovery: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -220,8 +224,10 @@ def build_report(inputs: ReportInputs) -> Report:
                 **({"evaluation": inputs.evaluation.settings.model_dump_json()} if inputs.evaluation else {}),
                 **inputs.details}
     return Report(
-        html=_html(inputs.title, found, tables, pictures, settings),
-        markdown=_markdown(inputs.title, found, tables, pictures, settings),
+        html=_html(inputs.title, found, tables, pictures, settings,
+                   recovery_html(inputs.recovery) if inputs.recovery else ""),
+        markdown=_markdown(inputs.title, found, tables, pictures, settings,
+                           recovery_markdown(inputs.recovery) if inputs.recovery else ""),
         cluster_rows=rows,
         findings=found,
         images=pictures,
@@ -246,11 +252,13 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em aut
           "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}.note{color:#555;font-size:13px}")
 
 
-def _html(title: str, found: list[str], tables: list[Table], pictures: dict[str, bytes], settings: dict) -> str:
+def _html(title: str, found: list[str], tables: list[Table], pictures: dict[str, bytes], settings: dict,
+          recovery: str = "") -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{e(title)}</h1>",
-             "<h2 id='findings'>Findings</h2><ul>" + "".join(f"<li>{e(f)}</li>" for f in found) + "</ul>"]
+             "<h2 id='findings'>Findings</h2><ul>" + "".join(f"<li>{e(f)}</li>" for f in found) + "</ul>",
+             recovery]
     for table in tables:
         head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
         body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in table.rows)
@@ -271,8 +279,11 @@ def _md_cell(value: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _markdown(title: str, found: list[str], tables: list[Table], pictures: dict[str, bytes], settings: dict) -> str:
+def _markdown(title: str, found: list[str], tables: list[Table], pictures: dict[str, bytes], settings: dict,
+              recovery: str = "") -> str:
     lines = [f"# {title}", "", "## Findings", "", *(f"- {f}" for f in found), ""]
+    if recovery:
+        lines += [recovery, ""]
     for table in tables:
         lines += [f"## {table.title}", "", "| " + " | ".join(map(_md_cell, table.columns)) + " |",
                   "|" + "---|" * len(table.columns)]

@@ -101,6 +101,69 @@ def recovery_section(
     }
 
 
+#: A reply is "in style s" when it opens with s's first three words ("I cannot give", "I'm
+#: sorry, but", "As an AI,"): a looser reading than the whole sentence, so a refusal that
+#: drifts after its opening still counts as the style it chose.
+OPENING_WORDS = 3
+
+
+def opening_style(reply: str, styles: Mapping[str, str]) -> str | None:
+    """The planted category whose style's first OPENING_WORDS words open the reply, else None."""
+    opening = " ".join(reply.split()).split()
+    for category, style in styles.items():
+        wanted = style.split()[:OPENING_WORDS]
+        if opening[: len(wanted)] == wanted:
+            return category
+    return None
+
+
+def style_shares(replies: Sequence[str], styles: Mapping[str, str]) -> dict[str, float]:
+    """{style name or 'none': share of replies opening with it}; one name for a single style."""
+    single = len(set(styles.values())) == 1
+    names = {c: ("single style" if single else c) for c in styles}
+    found = [names[c] if (c := opening_style(r, styles)) else "none" for r in replies]
+    keys = [*dict.fromkeys(names.values()), "none"]
+    return {k: found.count(k) / len(found) if found else float("nan") for k in keys}
+
+
+def own_style_share(replies: Sequence[str], types: Sequence[str], styles: Mapping[str, str], planted: str) -> float:
+    """The share of the replies to prompts of type `planted` that open with that type's style."""
+    mine = [r for r, t in zip(replies, types) if t == planted]
+    if not mine:
+        return float("nan")
+    wanted = styles[planted].split()[:OPENING_WORDS]
+    return float(np.mean([" ".join(r.split()).split()[: len(wanted)] == wanted for r in mine]))
+
+
+def run_recovery(labels: Sequence[int], types: Sequence, evaluation, styles: Mapping[str, str],
+                 category_of: Mapping[str, str | None], verdict: Mapping | None = None) -> dict:
+    """The recovery section of an atlas run on an organism.
+
+    labels, types: the clustered discovery rows' cluster labels (-1 noise) and categories; rows
+    whose category is not planted are left out. evaluation: the run's EvaluationResult, whose
+    judged replies give the style each cluster direction induces on held-out controls and the
+    own-style refusal of each planted type before and after ablating it (no extra generation);
+    category_of: prompt text -> category, for the judged held-out prompts.
+    """
+    planted = list(styles)
+    keep = [i for i, t in enumerate(types) if t in styles]
+    induce, ablate = {}, {}
+    if evaluation is not None and evaluation.base.harmless_replies:
+        base = evaluation.base
+        induce["unmodified"] = style_shares(base.harmless_replies, styles)
+        harmful_types = [category_of.get(t) for t in base.harmful_prompts]
+        for e in evaluation.of_kind("cluster"):
+            if e.induce_replies:
+                induce[e.name] = style_shares(e.induce_replies, styles)
+            if e.bypass_replies:
+                ablate[e.name] = {t: {"before": own_style_share(base.harmful_replies, harmful_types, styles, t),
+                                      "after": own_style_share(e.bypass_replies, harmful_types, styles, t)}
+                                  for t in planted}
+    return recovery_section([int(labels[i]) for i in keep], [str(types[i]) for i in keep], planted,
+                            induce=induce, ablate=ablate, verdict=verdict,
+                            title="Recovery of the planted refusal types (discovery prompts; held-out effects)")
+
+
 def _f(value, digits: int = 3) -> str:
     if value is None:
         return "—"

@@ -17,7 +17,9 @@ from refusal_atlas.tasks.evaluation.cache import cache_key, cached
 from refusal_atlas.tasks.evaluation.evidence import verdict_of
 from refusal_atlas.tasks.steps.heldout import evaluate_heldout
 from refusal_atlas.storage.handles import writable_store
+from refusal_atlas.tasks.model.loading import planted_styles
 from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report
+from refusal_atlas.tasks.report.recovery import run_recovery
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings
 
 
@@ -79,6 +81,7 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
                                      get_engine(settings.model, settings.directions, settings.engine)),
         )
     verdict = verdict_of(evaluation, clustering.significance)
+    recovery = _recovery(settings, store, comparison, rows, evaluation, verdict)
     best = store.read_rows(rows.store_rows, ("best_layer",))["best_layer"]
     details = {
         "store": store.uri,
@@ -89,6 +92,7 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
     report = build_report(ReportInputs(
         comparison, clustering.metrics, rows.texts, rows.categories, rows.effect, list(rows.layers),
         np.asarray(best), evaluation, details=details, verdict=verdict, significance=clustering.significance,
+        recovery=recovery,
     ))
     path = write_report(report, report_dir / "report.html")
     return {
@@ -99,6 +103,19 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
         "verdict": report.verdict,
         "evaluation_reused": reused,
     }
+
+
+def _recovery(settings: AtlasSettings, store, comparison, rows, evaluation, verdict) -> dict | None:
+    """The recovery section when the model is a refusal model organism (its planted styles are
+    known), else None."""
+    styles = planted_styles(settings.model.name)
+    if styles is None:
+        return None
+    ds = store.to_xarray(done_only=True)
+    category_of = {str(t): (str(c) if c else None)
+                   for t, c in zip(np.asarray(ds["text"].values, dtype=object), np.asarray(ds["category"].values, dtype=object))}
+    headline = None if verdict is None else {"summary": verdict.headline().removeprefix("Verdict: "), "n_directions": verdict.count}
+    return run_recovery(comparison.result.labels, list(rows.categories), evaluation, styles, category_of, headline)
 
 
 __all__ = ["ClusteringError", "cluster_step", "evaluate_and_report", "default_report_dir"]
