@@ -94,3 +94,24 @@ def test_missing_prompts_are_clear_errors(tiny32):
         evaluate_directions(engine, candidates, ["x"], [], settings=FAST)
     with pytest.raises(EvaluationError, match="no directions to evaluate"):
         evaluate_directions(engine, [], ["x"], ["y"], settings=FAST)
+
+
+def test_controls_scored_by_induce_only_show_no_bypass_and_no_subset_null_for_it():
+    from refusal_atlas.tasks.evaluation.evidence import cluster_evidence
+
+    engine, u = planted_engine()
+    pool = np.random.default_rng(0).standard_normal((6, u.size)) + 3 * u
+    candidates = build_candidates(u[None], [LAYER], None, 2, 0, common=pool.mean(axis=0), subset_pool=pool,
+                                  cluster_sizes=[3], n_subsets=4, n_random_generate=1)
+    settings = FAST.model_copy(update={"controls_bypass": False, "n_random": 2, "n_random_generate": 1})
+    result = evaluate_directions(engine, candidates, PROMPTS[1:4], [PROMPTS[0], PROMPTS[4]], [], settings)
+    by_kind = {kind: result.of_kind(kind) for kind in ("cluster", "common", "subset", "random")}
+    assert all(len(e.bypass_df_prompts) == 2 for kind in ("cluster", "common") for e in by_kind[kind])
+    assert all(e.bypass_df_prompts == () and np.isnan(e.bypass_df) for e in by_kind["subset"])
+    assert all(len(e.induce_df_prompts) == 3 for e in by_kind["subset"])
+    judged, unjudged = by_kind["random"]
+    assert len(judged.bypass_df_prompts) == 2 and unjudged.bypass_df_prompts == ()
+    measures = {m.measure: m for m in cluster_evidence(result, 0).measures}
+    assert measures["induce"].n_subsets == 4
+    assert measures["bypass"].n_subsets == 0 and not measures["bypass"].passed()
+    assert "no size-matched subsets scored" in measures["bypass"].format()

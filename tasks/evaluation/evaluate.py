@@ -162,9 +162,10 @@ def evaluate_directions(
             add = run.adder(c, scales[c.layer])
             ablate = run.ablator(c)
             ind = induce[c.layer](c, scales[c.layer])
-            byp = run.score(harmful_r, layers[0], ablate)
-            kl = run.kl(forced, ablate) if c.kind != "subset" else np.full(len(harmless_r), np.nan)
             gen = c.generate and s.n_generate > 0
+            full = gen or c.kind in ("cluster", "common", "baseline") or s.controls_bypass
+            byp = run.score(harmful_r, layers[0], ablate) if full else None
+            kl = run.kl(forced, ablate) if full and c.kind != "subset" else np.full(len(harmless_r), np.nan)
             effects.append(_effect(c, scales[c.layer], s, base_less[c.layer], ind, base_ful, byp, kl,
                                    run.judge(harmless_r[: s.n_generate], add) if gen else None,
                                    run.judge(harmful_r[: s.n_generate], ablate) if gen else None))
@@ -201,7 +202,10 @@ def _examples(j: Judged | None, s: EvalSettings) -> list[str]:
 def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_ful, byp, kl: np.ndarray,
             gen_ind: Judged | None, gen_byp: Judged | None) -> DirectionEffect:
     induce_df, induce_sem = mean_and_sem(ind.f - base_less.f)
-    bypass_df, bypass_sem = mean_and_sem(byp.f - base_ful.f)
+    # Without a bypass score (an f-only control under controls_bypass=False) its figures are NaN
+    # and its per-prompt tuple empty, so nothing downstream mistakes it for a measured zero.
+    bypass_prompts = np.empty(0) if byp is None else byp.f - base_ful.f
+    bypass_df, bypass_sem = mean_and_sem(bypass_prompts)
     i_sub, i_strict, i_kinds = _rates(gen_ind)
     b_sub, b_strict, b_kinds = _rates(gen_byp)
     return DirectionEffect(
@@ -210,13 +214,13 @@ def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_fu
         induce_dlog_odds=float((ind.log_odds - base_less.log_odds).mean()),
         induce_substring=i_sub, induce_strict=i_strict, induce_kinds=i_kinds,
         bypass_df=bypass_df, bypass_df_sem=bypass_sem,
-        bypass_dlog_odds=float((byp.log_odds - base_ful.log_odds).mean()),
+        bypass_dlog_odds=float("nan") if byp is None else float((byp.log_odds - base_ful.log_odds).mean()),
         bypass_substring=b_sub, bypass_strict=b_strict, bypass_kinds=b_kinds,
-        kl_ablate=float(np.mean(kl)), kl_ablate_max=float(np.max(kl)),
+        kl_ablate=float(np.mean(kl)), kl_ablate_max=float(np.max(kl)) if kl.size else float("nan"),
         induce_examples=_examples(gen_ind, s), bypass_examples=_examples(gen_byp, s),
         kl_ablate_prompts=tuple(float(v) for v in kl),
         induce_df_prompts=tuple(float(v) for v in ind.f - base_less.f),
-        bypass_df_prompts=tuple(float(v) for v in byp.f - base_ful.f),
+        bypass_df_prompts=tuple(float(v) for v in bypass_prompts),
         n_judged=0 if gen_ind is None else gen_ind.summary.n,
         induce_replies=_all(gen_ind), bypass_replies=_all(gen_byp),
     )

@@ -59,8 +59,12 @@ def cluster_evidence(result: EvaluationResult, k: int, seed: int = 0) -> Cluster
         if common is None or mine.size == 0:
             continue
         vs_common = bootstrap_difference(mine, signed(common, measure), paired=True, seed=seed)
-        share = share_beaten(float(mine.mean()), [signed(s, measure).mean() for s in subsets]) if subsets else 0.0
-        measures.append(MeasureEvidence(measure, vs_common, share, len(subsets)))
+        # Subsets scored on this measure only (EvalSettings.controls_bypass=False scores them by
+        # induce alone): an unscored null counts as not beaten, never as beaten.
+        scored = [signed(s, measure) for s in subsets]
+        scored = [v for v in scored if v.size]
+        share = share_beaten(float(mine.mean()), [v.mean() for v in scored]) if scored else 0.0
+        measures.append(MeasureEvidence(measure, vs_common, share, len(scored)))
     spec = result.specificity
     index = (specificity_index(spec, k, seed) if spec is not None
              else Estimate(float("nan"), float("nan"), float("nan"), 0))

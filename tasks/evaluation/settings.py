@@ -42,6 +42,16 @@ class EvalSettings(StrictSettings):
             "special'; 20 is the least that lets a cluster beat 95% of them). Scored by f and log-odds."
         ),
     )
+    controls_bypass: bool = Field(
+        True,
+        description=(
+            "Score the f-only controls (size-matched subsets, and the random directions without "
+            "replies) by bypass and side-effect KL as well as by induce. Induce runs only the layers "
+            "above a direction's layer; bypass and KL are full passes with hooks at every layer, the "
+            "dearest part of the evaluation on a CPU. Off: those controls are scored by induce only, "
+            "and the verdict's subset criterion reads induce alone (bypass then shows no subset null)."
+        ),
+    )
     n_harmless: int = Field(
         32, ge=1, description="Held-out harmless prompts (a seeded sample) for induce and side effects."
     )

@@ -67,7 +67,9 @@ def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[
             rows.append(fall(c))
     layers = sorted(scales)
     for at in layers:
-        randoms = [fall(c) for c in candidates if c.kind == "random" and c.layer == at]
+        # The random directions with replies only (n_random_generate of them): this row is context,
+        # and each random costs an ablated pass over every cluster's held-out prompts.
+        randoms = [fall(c) for c in candidates if c.kind == "random" and c.layer == at and c.generate]
         if randoms:
             names.append("random (mean)" if len(layers) == 1 else f"random (mean) @L{at}")
             rows.append(np.mean(randoms, axis=0))

@@ -107,7 +107,9 @@ class MeasureEvidence:
         return bool(self.vs_common.low > 0 and self.subset_share >= share)
 
     def format(self) -> str:
-        beaten = round(self.subset_share * self.n_subsets) if self.n_subsets else 0
+        if not self.n_subsets:
+            return f"{self.measure}: minus common {self.vs_common.format()}, no size-matched subsets scored"
+        beaten = round(self.subset_share * self.n_subsets)
         return (f"{self.measure}: minus common {self.vs_common.format()}, beats {beaten} of "
                 f"{self.n_subsets} size-matched subsets")
 
