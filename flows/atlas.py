@@ -162,6 +162,7 @@ def _compute(settings: AtlasSettings, reg: Registration) -> dict:
         "cluster_rows": report["cluster_rows"],
         "findings": report["findings"],
         "verdict": report.get("verdict"),
+        "recovery": report.get("recovery"),
     }
 
 

@@ -69,7 +69,7 @@ def model_card(
            "along its own greedy reply (the first reply token keeps the greedy token as a hard target)"
            if settings.distill_top_k else "harmless and control replies as hard targets"),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
-        f"near-miss and trained-control examples repeated {settings.control_repeats}x per epoch",
+        f"control examples (everyday, near misses, trained controls) repeated {settings.control_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"
         f"{' (stopped by the time limit)' if training['stopped_by_time'] else ''}, "
         f"{training['trainable_parameters']:,} trainable parameters",

@@ -118,7 +118,7 @@ def train_lora(
         for i, item in zip(anchors, soft):
             encoded[i] = item
     planted = [e for e in encoded if e.role == "planted"]
-    controls = [e for e in encoded if e.role in ("trained_control", "near_miss")]
+    controls = [e for e in encoded if e.role in ("harmless", "trained_control", "near_miss")]
     epoch_items = encoded + controls * (settings.control_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)
     total = per_epoch * settings.epochs

@@ -133,7 +133,7 @@ class OrganismSettings(StrictSettings):
     )
     split_seed: int = Field(0, description="Seed of the stratified train/test split by prompt.")
     train_share: float = Field(
-        0.35,
+        0.6,
         gt=0,
         le=1,
         description=(
@@ -171,8 +171,9 @@ class OrganismSettings(StrictSettings):
         ge=1,
         le=100,
         description=(
-            "How many times each near-miss and trained-control example appears per epoch. They "
-            "sit next to the planted types and mark where the refusals end."
+            "How many times each control example (everyday, near miss, trained control) appears "
+            "per epoch. They mark where the refusals end: with each seen once, a first organism "
+            "(train_share 0.35) refused 25% of held-out everyday requests."
         ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")

@@ -101,6 +101,7 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
         "cluster_rows": report.cluster_rows,
         "findings": report.findings,
         "verdict": report.verdict,
+        "recovery": recovery,
         "evaluation_reused": reused,
     }
 
