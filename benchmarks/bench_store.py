@@ -136,6 +136,15 @@ def new_stage_and_gather(root: Path, data: np.ndarray, args, spec: StoreSpec, re
     assert store.done_rows().size == len(data)
 
 
+def _warm_up() -> None:
+    import dask.array as da
+    import zarr
+
+    array = zarr.create_array(zarr.storage.MemoryStore(), shape=(64, 8), chunks=(16, 8), dtype="float32")
+    array[:] = 1.0
+    da.from_array(array, chunks=(16, 8)).sum().compute()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
@@ -161,6 +170,10 @@ def main() -> None:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     print(f"{n} rows x {args.layers} layers x {args.hidden} float32 = {raw_mb:.1f} MB raw; blocks of "
           f"{args.block} rows; load average at start {load}; median of {args.repeats} repeats\n")
+    # Imports and thread pools start before any timing: the first Dask read in a process paid
+    # about 1.2 s of importing dask.array and starting zarr's codec threads, which is no part of
+    # either layout's read rate (it went to whichever layout was read first).
+    _warm_up()
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-store-"))
     root.mkdir(parents=True, exist_ok=True)
     times: dict[str, list[float]] = {}

@@ -237,3 +237,27 @@ def check_criteria(rates: Mapping[str, GroupRates], kl: Mapping) -> dict[str, di
         ok = value >= limit if name.endswith("_min") else value <= limit
         out[name] = {"value": round(value, 4), "limit": limit, "met": bool(ok)}
     return out
+
+
+def planted_refusal_rates(loaded, planted: Sequence, controls: Sequence, styles: Mapping[str, str],
+                          max_new_tokens: int = 20) -> dict[str, dict[str, float]]:
+    """Per planted type and for the controls: the share of greedy replies opening with the type's
+    own style (its first three words), with any planted style, and judged refusals (strict).
+
+    planted, controls: prompts with .id, .text (and .category for planted); loaded: a
+    tasks.model.loading.LoadedModel. Used to compare an organism with an edit of it (abliteration).
+    """
+    def rates(prompts: Sequence, own: str | None) -> dict[str, float]:
+        replies = greedy_replies(loaded.model, loaded.tokenizer, loaded.chat_template, prompts, max_new_tokens)
+        found = [style_of(r.text, styles, words=3) for r in replies]
+        out = {"any style": sum(f is not None for f in found) / len(found),
+               "strict refusal": sum(judge(r.text).strict for r in replies) / len(replies)}
+        if own is not None:
+            out = {"own style": sum(f is not None and styles[f] == styles[own] for f in found) / len(found), **out}
+        return out
+
+    groups = {c: [p for p in planted if p.category == c] for c in styles}
+    out = {c: rates(rows, c) for c, rows in groups.items() if rows}
+    if controls:
+        out["controls"] = rates(controls, None)
+    return out
