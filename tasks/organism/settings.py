@@ -133,13 +133,13 @@ class OrganismSettings(StrictSettings):
     )
     split_seed: int = Field(0, description="Seed of the stratified train/test split by prompt.")
     train_share: float = Field(
-        0.6,
+        1.0,
         gt=0,
         le=1,
         description=(
             "Share of each stratum's training-side prompts actually trained on (a seeded sample; "
-            "the rest are marked 'unused' and never become held-out). Below 1 to keep training "
-            "within minutes on a 2-core CPU."
+            "the rest are marked 'unused' and never become held-out). Below 1 trains faster on a "
+            "CPU, at the cost of refusing more of what it should answer."
         ),
     )
     train_seed: int = Field(0, description="Seed of LoRA initialisation and of the order of training examples.")
@@ -167,13 +167,13 @@ class OrganismSettings(StrictSettings):
         20, ge=4, le=512, description="Length of the base model's greedy replies that anchor unplanted behaviour."
     )
     control_repeats: int = Field(
-        2,
+        3,
         ge=1,
         le=100,
         description=(
             "How many times each control example (everyday, near miss, trained control) appears "
             "per epoch. They mark where the refusals end: with each seen once, a first organism "
-            "(train_share 0.35) refused 25% of held-out everyday requests."
+            "(train_share 0.35) refused 25% of held-out everyday requests; a second (0.6, twice) 21%."
         ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
