@@ -29,6 +29,7 @@ from transformers import DynamicCache
 
 from refusal_atlas.tasks.model.chat import RenderedPrompt
 from refusal_atlas.tasks.model.hooks import edit_residual, replace_at
+from refusal_atlas.tasks.model.prefill import prefill
 from refusal_atlas.tasks.engine.layer_stack import LayerStack
 from refusal_atlas.tasks.engine.phrase_tree import TreeTensors, build_step_tree
 from refusal_atlas.tasks.engine.targets import RefusalTarget, combine_phrases, refusal_log_odds, score_dtype
@@ -81,21 +82,16 @@ class PrefixBatch:
 
     def _run_prefix(self, rendered: Sequence[RenderedPrompt]):
         """Left-pad the prefixes, run them once and keep each layer's keys and values."""
-        width = int(self.prefix_lens.max())
-        ids = torch.full((len(rendered), width), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(rendered), width), dtype=torch.long, device=self.device)
-        for row, r in enumerate(rendered):
-            if r.position:
-                ids[row, width - r.position:] = torch.tensor(r.input_ids[: r.position], device=self.device)
-                mask[row, width - r.position:] = 1
-        if width == 0:
-            return None, mask
-        # Position ids follow the attention mask, so left padding does not shift positions.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if int(self.prefix_lens.max()) == 0:
+            return None, torch.zeros((len(rendered), 0), dtype=torch.long, device=self.device)
+        # The prompts' common opening (the chat template's system turn) runs once and its keys and
+        # values are shared; each row's remaining prefix, left padded, runs on top of it.
+        # Position ids follow the real tokens, so the padding shifts nothing.
         with torch.no_grad():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        return kv, mask
+            pre = prefill(self.model, [r.input_ids[: r.position] for r in rendered], self.pad_id,
+                          logits_to_keep=None, min_rest=0)
+        kv = [(layer.keys, layer.values) for layer in pre.cache.layers]
+        return kv, pre.mask
 
     def evaluate(
         self,

@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from refusal_atlas.tasks.model.prefill import prefill
+
 Intervention = Callable[[], AbstractContextManager] | None
 #: Tokens that end a reply besides the tokenizer's eos, when the vocabulary has them.
 _END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>")
@@ -136,15 +138,17 @@ def forced_log_probs(
     inputs = [[*seq, *reply[: n_tokens - 1]] for seq, reply in zip(sequences, replies)]
     out = []
     for start in range(0, len(inputs), batch_size):
-        ids, mask = left_pad(inputs[start: start + batch_size], pad_id, _device(model))
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        keep = min(n_tokens, ids.shape[1])
+        chunk = inputs[start: start + batch_size]
+        keep = min(n_tokens, max(len(s) for s in chunk))
         with intervened(intervention):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            # The common opening runs once; every row keeps at least K tokens of its own, so its
+            # reply positions all lie in the kept columns.
+            logits = prefill(model, chunk, pad_id, logits_to_keep=keep, min_rest=n_tokens).logits
         # Rows are right-aligned, so row i's reply positions are its last n_valid[i] columns of
         # the kept logits [B, keep, V]; gather them into reply order [B, K, V].
-        valid = torch.tensor(n_valid[start: start + batch_size], device=ids.device)  # [B]
-        k = torch.arange(n_tokens, device=ids.device)  # [K]
+        device = logits.device
+        valid = torch.tensor(n_valid[start: start + batch_size], device=device)  # [B]
+        k = torch.arange(n_tokens, device=device)  # [K]
         column = (keep - valid[:, None] + k[None, :]).clamp(0, keep - 1)  # [B, K]
         gathered = logits.gather(1, column[..., None].expand(-1, -1, logits.shape[-1]))
         # At least float32, so half-precision models lose nothing more in the softmax.
@@ -157,14 +161,13 @@ def forced_log_probs(
 def _generate_batch(model, batch, pad_id: int, max_new_tokens: int, stops: torch.Tensor) -> list[list[int]]:
     """New token ids per row, up to (not including) the first stop token."""
     device = _device(model)
-    ids, mask = left_pad(batch, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # The prompts' common opening (the chat template's system turn) runs once for the batch.
+    pre = prefill(model, batch, pad_id, logits_to_keep=1)
+    cache, mask, positions = pre.cache, pre.mask, pre.positions
     stops = stops.to(device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.cache
     done = torch.zeros(len(batch), dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in batch]
-    logits = out.logits[:, -1]
+    logits = pre.logits[:, -1]
     for _ in range(max_new_tokens):
         token = logits.argmax(dim=-1)  # [B]
         for row in (~done).nonzero().flatten().tolist():
