@@ -4,10 +4,16 @@ forward pass runs inside the intervention."""
 import torch
 
 from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
-from refusal_atlas.tasks.model.generation import first_token_log_probs, greedy_generate, left_pad, stop_ids
+from refusal_atlas.tasks.model.generation import decoded, first_token_log_probs, greedy_tokens, left_pad, stop_ids
 from refusal_atlas.tasks.model.hooks import add_to_residual
 from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 from tests.conftest import PROMPTS
+
+
+def greedy_generate(model, tokenizer, sequences, pad_id, max_new_tokens, batch_size=16, intervention=None):
+    """Decoded greedy replies, as the evaluation and `steer` produce them."""
+    return decoded(tokenizer, greedy_tokens(model, tokenizer, sequences, pad_id, max_new_tokens, batch_size,
+                                            intervention))
 from tests.test_evaluate_support import planted_engine
 
 

@@ -27,7 +27,7 @@ import torch
 
 from refusal_atlas.tasks.model.chat import RenderedPrompt
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
-from refusal_atlas.tasks.model.generation import Intervention, forced_log_probs, greedy_generate, greedy_tokens, intervened
+from refusal_atlas.tasks.model.generation import Intervention, decoded, forced_log_probs, greedy_tokens, intervened
 from refusal_atlas.tasks.model.hooks import ablate_direction, add_to_residual
 from refusal_atlas.tasks.evaluation.induce_batch import InduceBatch
 from refusal_atlas.tasks.evaluation.judge import JudgeSummary, summarise
@@ -149,8 +149,9 @@ def judged(
     """Greedy replies to the full rendered prompts and their judge summary (None without prompts)."""
     if not rendered:
         return None
-    replies = greedy_generate(model, tokenizer, [r.input_ids for r in rendered], pad_id, max_new_tokens,
-                              batch_size, intervention)
+    tokens = greedy_tokens(model, tokenizer, [r.input_ids for r in rendered], pad_id, max_new_tokens, batch_size,
+                           intervention)
+    replies = decoded(tokenizer, tokens)
     return Judged(replies, summarise(replies, substring_list))
 
 

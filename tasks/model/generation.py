@@ -76,19 +76,9 @@ def first_token_log_probs(
     return torch.cat(out)
 
 
-@torch.no_grad()
-def greedy_generate(
-    model: torch.nn.Module,
-    tokenizer,
-    sequences: Sequence[Sequence[int]],
-    pad_id: int,
-    max_new_tokens: int = 24,
-    batch_size: int = 16,
-    intervention: Intervention = None,
-) -> list[str]:
-    """Greedy replies (decoded, special tokens dropped) to rendered prompts, in input order."""
-    tokens = greedy_tokens(model, tokenizer, sequences, pad_id, max_new_tokens, batch_size, intervention)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]
+def decoded(tokenizer, replies: Sequence[Sequence[int]]) -> list[str]:
+    """Reply token ids (greedy_tokens' output) as text, special tokens dropped, in input order."""
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in replies]
 
 
 @torch.no_grad()
