@@ -50,7 +50,7 @@ def model_card(
         "## Data",
         "",
         f"- training data hash (SHA-256): `{data_hash}`",
-        f"- sources: {', '.join(f'`{s}`' for s in settings.sources)}",
+        f"- sources: {', '.join(f'`{_shown(s)}`' for s in settings.sources)}",
         f"- split by prompt: test fraction {settings.test_fraction}, split seed {settings.split_seed}",
         f"- control targets (everyday, near miss, unplanted): the base model's greedy replies, {settings.reply_tokens} tokens",
         "",
@@ -125,3 +125,14 @@ def evaluation_lines(evaluation: dict) -> list[str]:
             f"| {r['in_any_style']:.3f} | {base:.3f} |"
         )
     return lines
+
+
+def _shown(source: str) -> str:
+    """A shipped prompt set by its path inside the package (the same on every machine); any other
+    source as given."""
+    from pathlib import Path
+
+    from refusal_atlas.tasks.organism.settings import organism_data_dir
+
+    path = Path(source.split("#")[0])
+    return f"tasks/prompts/data/{path.name}" if path.parent == organism_data_dir() else source
