@@ -65,7 +65,9 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run(path: str, spaces: list[str], settings) -> dict[str, float]:
+def run(path: str, spaces: list[str], settings, layer_index: int | None = None) -> dict[str, float]:
+    """Cluster the directions at `path`: a plain [rows, D] Zarr array, or (layer_index given) an
+    atlas store, whose done directions at that stored layer are streamed block by block."""
     import dask.array as da
 
     from refusal_atlas.tasks.clustering.spaces import cluster_space
@@ -73,7 +75,12 @@ def run(path: str, spaces: list[str], settings) -> dict[str, float]:
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    directions = da.from_zarr(path)
+    if layer_index is None:
+        directions = da.from_zarr(path)
+    else:
+        from refusal_atlas.storage import AtlasStore
+
+        directions = AtlasStore.open(path).dask_array("direction")[:, layer_index, :]
     unit, keep = unit_rows(directions)
     times["read + normalise"] = time.perf_counter() - t0
     t = time.perf_counter()
@@ -101,12 +108,23 @@ def main() -> None:
                         help="rows HDBSCAN is fitted on; the rest are assigned with approximate_predict (0: all)")
     parser.add_argument("--row-chunks", type=int, default=CHUNK_ROWS, help="rows per Zarr chunk")
     parser.add_argument("--workdir", default=None, help="where to write the store (default: a temp folder)")
+    parser.add_argument("--atlas-store", default=None,
+                        help="cluster the done directions of this atlas store instead of a synthetic array "
+                        "(e.g. one bench_store.py wrote with --dir); --rows is then ignored")
+    parser.add_argument("--layer-index", type=int, default=0, help="with --atlas-store: which stored layer")
     args = parser.parse_args()
 
     from refusal_atlas.tasks.settings import ClusterSettings
 
     settings = ClusterSettings(pca_dim=args.pca_dim, min_cluster_size=args.min_cluster_size,
                                min_samples=args.min_samples, bootstraps=0, fit_rows=args.fit_rows or None)
+    if args.atlas_store:
+        print(f"settings: {settings.model_dump_json()}; cores: {os.cpu_count()}; store {args.atlas_store}")
+        times = run(args.atlas_store, args.spaces, settings, args.layer_index)
+        for phase, seconds in times.items():
+            print(f"  {phase:<40s} {seconds:8.1f} s")
+        print(f"peak RSS: {peak_rss_gb():.2f} GiB")
+        return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = os.path.join(tmp, "directions.zarr")
         t = time.perf_counter()
