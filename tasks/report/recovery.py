@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from refusal_atlas.tasks.organism.data import style_of
+
 NOISE = -1
 
 
@@ -103,25 +105,15 @@ def recovery_section(
 
 #: A reply is "in style s" when it opens with s's first three words ("I cannot give", "I'm
 #: sorry, but", "As an AI,"): a looser reading than the whole sentence, so a refusal that
-#: drifts after its opening still counts as the style it chose.
+#: drifts after its opening still counts as the style it chose (tasks.organism.data.style_of).
 OPENING_WORDS = 3
-
-
-def opening_style(reply: str, styles: Mapping[str, str]) -> str | None:
-    """The planted category whose style's first OPENING_WORDS words open the reply, else None."""
-    opening = " ".join(reply.split()).split()
-    for category, style in styles.items():
-        wanted = style.split()[:OPENING_WORDS]
-        if opening[: len(wanted)] == wanted:
-            return category
-    return None
 
 
 def style_shares(replies: Sequence[str], styles: Mapping[str, str]) -> dict[str, float]:
     """{style name or 'none': share of replies opening with it}; one name for a single style."""
     single = len(set(styles.values())) == 1
     names = {c: ("single style" if single else c) for c in styles}
-    found = [names[c] if (c := opening_style(r, styles)) else "none" for r in replies]
+    found = [names[c] if (c := style_of(r, styles, words=OPENING_WORDS)) else "none" for r in replies]
     keys = [*dict.fromkeys(names.values()), "none"]
     return {k: found.count(k) / len(found) if found else float("nan") for k in keys}
 
@@ -131,8 +123,8 @@ def own_style_share(replies: Sequence[str], types: Sequence[str], styles: Mappin
     mine = [r for r, t in zip(replies, types) if t == planted]
     if not mine:
         return float("nan")
-    wanted = styles[planted].split()[:OPENING_WORDS]
-    return float(np.mean([" ".join(r.split()).split()[: len(wanted)] == wanted for r in mine]))
+    own = {planted: styles[planted]}
+    return float(np.mean([style_of(r, own, words=OPENING_WORDS) is not None for r in mine]))
 
 
 def run_recovery(labels: Sequence[int], types: Sequence, evaluation, styles: Mapping[str, str],
