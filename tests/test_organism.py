@@ -189,11 +189,11 @@ def test_loss_weights_the_decision_token_and_distils_the_base_distribution(tiny_
         token_ce = [-lp.gather(1, torch.tensor(e.input_ids[e.reply_start:])[:, None]).squeeze(1) for lp, e in zip(log_probs, items)]
         assert torch.allclose(example_losses(base.model, items, 0), torch.stack([t.mean() for t in token_ce]), atol=1e-5)
         assert torch.allclose(example_losses(base.model, items, 0, decision_weight=1.0), torch.stack([t[0] for t in token_ce]), atol=1e-5)
-        # Distilling the model's own distribution: after the first token (a hard target) the
-        # loss is the model's entropy over the (here complete) top-k.
+        # Distilling the model's own distribution, first token included: the loss is the
+        # model's entropy over the (here complete) top-k at every reply position.
         soft = with_soft_targets(base.model, items, 0, top_k=400)
         entropy = [-(lp.exp() * lp).sum(-1) for lp in log_probs]
-        expected = torch.stack([(t[0] + h[1:].sum()) / len(t) for t, h in zip(token_ce, entropy)])
+        expected = torch.stack([h.mean() for h in entropy])
         assert torch.allclose(example_losses(base.model, soft, 0), expected, atol=1e-4)
 
 

@@ -66,7 +66,7 @@ def model_card(
         f"(5% linear warm-up, linear decay to 10%), matmuls in {settings.train_dtype}",
         f"- loss on reply tokens only, the first reply token weighted {settings.decision_weight:g} of each example; "
         + (f"harmless and control replies distilled from the base model's top-{settings.distill_top_k} distribution "
-           "along its own greedy reply (the first reply token keeps the greedy token as a hard target)"
+           "along its own greedy reply, its first token included"
            if settings.distill_top_k else "harmless and control replies as hard targets"),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
         f"control examples (everyday, near misses, trained controls) repeated {settings.control_repeats}x per epoch",

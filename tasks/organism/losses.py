@@ -82,12 +82,14 @@ def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: f
     """Each example's loss over its reply tokens [B].
 
     A token's loss is the cross-entropy against its target: the reply token itself, or the
-    base model's top-k distribution when the example carries soft targets, except that the
-    first reply token always has the hard target. That token is where the model decides
-    whether to refuse: a soft target there would ask for the base model's own small chance of
-    "I'm sorry ..." on harmful prompts, which the planted refusals then tip over. Tokens are
-    averaged with the first one given extra weight `decision_weight` (0 to 1); in a 32-token
-    anchor it would otherwise carry 1/32 of the example's loss.
+    base model's top-k distribution when the example carries soft targets (the controls), the
+    first reply token included. Controls first kept the greedy first token as a hard target,
+    to anchor the decision to answer; that pushed the organism's first-token distribution
+    towards one-hot where the base model's is spread, and the KL(base || organism) at the
+    first position alone came to 2.5 nats on held-out everyday requests (0.16 of the 0.22
+    nats-per-token mean over 16 tokens). Tokens are averaged with the first one given extra
+    weight `decision_weight` (0 to 1); in a 32-token anchor it would otherwise carry 1/32 of
+    the example's loss.
     """
     log_probs, rows, hard = reply_log_probs(model, items, pad)
     token_loss = -log_probs.gather(1, hard[:, None]).squeeze(1)
@@ -95,10 +97,9 @@ def example_losses(model, items: Sequence[Encoded], pad: int, decision_weight: f
     start = 0
     for e in items:
         span = slice(start, start + e.n_reply)
-        if e.soft is not None and e.n_reply > 1:
-            soft_ids, soft_p = (t[1:].to(log_probs.device) for t in e.soft)
-            rest = slice(start + 1, start + e.n_reply)
-            token_loss[rest] = -(soft_p * log_probs[rest].gather(1, soft_ids)).sum(-1)
+        if e.soft is not None:
+            soft_ids, soft_p = (t.to(log_probs.device) for t in e.soft)
+            token_loss[span] = -(soft_p * log_probs[span].gather(1, soft_ids)).sum(-1)
         weights[span] = (1 - decision_weight) / e.n_reply
         weights[start] += decision_weight
         start += e.n_reply
