@@ -98,8 +98,7 @@ class DirectionSettings(StrictSettings):
         0.05, gt=0, description="Step size relative to ||h_0||: each step moves eta * ||h_0||."
     )
     alpha: float = Field(
-        0.1,
-        gt=0,
+        0.1, gt=0,
         description="Probe size for the effect score f(h_0 + alpha ||h_0|| d) - f(h_0).",
     )
     gradient_labels: list[Literal["harmful", "harmless", ""]] = Field(
@@ -141,8 +140,7 @@ class EngineSettings(StrictSettings):
         8, ge=1, le=512, description="Most prompts one micro-batch holds (one forward/backward)."
     )
     max_wait_ms: float = Field(
-        50.0,
-        ge=0,
+        50.0, ge=0,
         description="How long the micro-batcher waits for more concurrent prompts before running a batch.",
     )
     skip_lower_layers: bool = Field(
@@ -178,16 +176,14 @@ class ClusterSettings(StrictSettings):
         ),
     )
     pca_dim: int | None = Field(
-        32,
-        ge=2,
+        32, ge=2,
         description="Reduce to this many PCA dimensions (Dask svd_compressed) before HDBSCAN; empty: no PCA.",
     )
     min_cluster_size: int = Field(5, ge=2, description="HDBSCAN min_cluster_size.")
     min_samples: int | None = Field(None, ge=1, description="HDBSCAN min_samples (empty: min_cluster_size).")
     selection: Literal["eom", "leaf"] = Field("eom", description="HDBSCAN cluster_selection_method.")
     fit_rows: int | None = Field(
-        20_000,
-        ge=2,
+        20_000, ge=2,
         description=(
             "Fit HDBSCAN on at most this many rows (a seeded subsample) and assign the rest with "
             "approximate_predict; HDBSCAN's cost grows much faster than linearly. Empty: fit every row."
@@ -198,9 +194,7 @@ class ClusterSettings(StrictSettings):
     )
     seed: int = Field(0, description="Seed for PCA, bootstraps and random control directions.")
     heldout_fraction: float = Field(
-        0.3,
-        ge=0,
-        lt=1,
+        0.3, ge=0, lt=1,
         description=(
             "Share of the prompts held out from clustering (a seeded hash of each prompt id, per "
             "label and category): clusters, cluster directions, the common direction and the "
@@ -210,8 +204,7 @@ class ClusterSettings(StrictSettings):
     )
     split_seed: int = Field(0, description="Seed of the discovery / held-out split of the prompts.")
     null_sets: int = Field(
-        20,
-        ge=0,
+        20, ge=0,
         description=(
             "Structureless surrogate sets for the clustering's null model, and bootstraps for the "
             "per-cluster stability (20 is the least that lets p < 0.05; 0 skips both, and the "
@@ -263,8 +256,7 @@ class AtlasSettings(StrictSettings):
     )
     dask_workers: int = Field(2, ge=1, description="Worker processes of a LocalCluster (each loads the model once).")
     threads: int | None = Field(
-        None,
-        ge=1,
+        None, ge=1,
         description="Concurrent per-prompt tasks per process (threads); empty: twice max_batch, so batches fill.",
     )
     report_dir: str | None = Field(

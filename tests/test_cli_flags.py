@@ -242,7 +242,7 @@ def test_invalid_values_are_one_paragraph_naming_the_flags(capsys):
 def test_help_shows_descriptions_and_defaults():
     subparser = build_parser()._subparsers._group_actions[0].choices["organism"]
     text = " ".join(subparser.format_help().split())
-    assert "5% linear warm-up" in text and "(default: 0.001)" in text
+    assert "5% linear warm-up" in text and "(default: 0.0005)" in text
     assert "--plant CATEGORY=STYLE" in text and "--train-dtype {float32,bfloat16}" in text
 
 

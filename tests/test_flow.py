@@ -6,6 +6,8 @@ conftest.py) serves the whole test session.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import socket
@@ -83,7 +85,7 @@ def test_second_run_recomputes_nothing_and_new_prompts_only_are_computed(prefect
 
 def test_transient_failure_is_retried_and_a_hopeless_prompt_fails_alone(prefect_harness, model_dir, tmp_path, monkeypatch):
     from refusal_atlas.flows.atlas import refusal_atlas
-    from refusal_atlas.tasks.steps import extraction
+    from refusal_atlas.tasks.steps.prefect_tasks import extract_prompt
 
     too_long = "word " * 400  # longer than the tiny model's 256-token context
     harmful = _prompts_file(tmp_path / "harmful.jsonl", HARMFUL[:6] + [too_long], "harmful")
@@ -91,8 +93,9 @@ def test_transient_failure_is_retried_and_a_hopeless_prompt_fails_alone(prefect_
     settings = _settings(model_dir, tmp_path, [harmful, harmless])
     flaky_id = None
     calls: dict[str, int] = {}
-    real = extraction.extract_row
+    real = extract_prompt.fn
 
+    @functools.wraps(real)  # the task binds its parameters by its function's signature
     def flaky(prompt_id, *args, **kwargs):
         calls[prompt_id] = calls.get(prompt_id, 0) + 1
         if prompt_id == flaky_id and calls[prompt_id] == 1:
@@ -102,7 +105,7 @@ def test_transient_failure_is_retried_and_a_hopeless_prompt_fails_alone(prefect_
     from refusal_atlas.tasks.prompts.records import prompt_id
 
     flaky_id = prompt_id(HARMFUL[0])
-    monkeypatch.setattr(extraction, "extract_row", flaky)
+    monkeypatch.setattr(extract_prompt, "fn", flaky)
     result = refusal_atlas(settings)
     assert calls[flaky_id] == 2, "the transient failure must be retried once"
     assert result["extraction"]["failed"] == 1

@@ -241,12 +241,14 @@ def test_a_damaged_chunk_is_named_with_its_block_and_the_repaired_block_is_recom
 
 # The first run's rows wait for a gate file, so that the second run surely meets it mid-run.
 GATED_RUN = """
-import sys, time
+import functools, sys, time
 from pathlib import Path
-from refusal_atlas.tasks.steps import extraction
+from refusal_atlas.tasks.steps.prefect_tasks import extract_prompt
 
-real, gate = extraction.extract_row, Path(sys.argv[1])
+real, gate = extract_prompt.fn, Path(sys.argv[1])
 
+# The task binds its parameters (and names its runs) by its function's signature: keep it.
+@functools.wraps(real)
 def gated(*args, **kwargs):
     deadline = time.monotonic() + 300
     while not gate.exists():
@@ -255,7 +257,7 @@ def gated(*args, **kwargs):
         time.sleep(0.05)
     return real(*args, **kwargs)
 
-extraction.extract_row = gated
+extract_prompt.fn = gated
 from refusal_atlas.flows.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -232,11 +232,7 @@ def compute_metrics(
         mean_within_cosine=weighted_mean(within, sizes),
         mean_space_within_cosine=weighted_mean(space_within, sizes),
         direction_cosines=direction_cosines(result.directions).tolist(),
-        silhouette=sil,
-        silhouette_points=sil_n,
-        silhouette_note=sil_note,
-        stability_mean=stab_mean,
-        stability_min=stab_min,
-        stability_pairs=pairs,
+        silhouette=sil, silhouette_points=sil_n, silhouette_note=sil_note,
+        stability_mean=stab_mean, stability_min=stab_min, stability_pairs=pairs,
         categories=None if categories is None else category_agreement(result.labels, categories),
     )

@@ -65,14 +65,29 @@ class DirectionEffect:
     kl_ablate_max: float
     induce_examples: list[str]
     bypass_examples: list[str]
+    n_judged: int = 0
     kl_ablate_prompts: tuple[float, ...] = ()
     induce_df_prompts: tuple[float, ...] = ()
     bypass_df_prompts: tuple[float, ...] = ()
-    n_judged: int = 0
     # Every judged reply, in the order of BaseMeasures.harmless_prompts / harmful_prompts (the
     # organism's recovery section reads which refusal style each one opens with).
     induce_replies: tuple[str, ...] = ()
     bypass_replies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Every candidate direction's effects, the unmodified model's measures beside them, the
+    specificity table (None when not measured) and the steering scale used at each layer."""
+
+    settings: EvalSettings
+    base: BaseMeasures
+    effects: list[DirectionEffect]
+    specificity: Specificity | None
+    scales: dict[int, float]
+
+    def of_kind(self, kind: Kind) -> list[DirectionEffect]:
+        return [e for e in self.effects if e.kind == kind]
 
 
 @dataclass(frozen=True)
@@ -95,18 +110,6 @@ class BaseMeasures:
     harmful_prompts: tuple[str, ...] = ()
     harmless_replies: tuple[str, ...] = ()
     harmful_replies: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    settings: EvalSettings
-    base: BaseMeasures
-    effects: list[DirectionEffect]
-    specificity: Specificity | None
-    scales: dict[int, float]
-
-    def of_kind(self, kind: Kind) -> list[DirectionEffect]:
-        return [e for e in self.effects if e.kind == kind]
 
 
 def sample(texts: Sequence[str], n: int, seed: int) -> list[str]:

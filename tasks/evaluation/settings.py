@@ -18,8 +18,7 @@ class EvalSettings(StrictSettings):
     """
 
     alpha: float = Field(
-        0.5,
-        gt=0,
+        0.5, gt=0,
         description=(
             "Induce scale. A unit direction c is added at its layer, at every position, as "
             "alpha * s * c, where s is the mean ||h_0|| of the harmless evaluation prompts at that "
@@ -56,28 +55,18 @@ class EvalSettings(StrictSettings):
         32, ge=1, description="Held-out harmless prompts (a seeded sample) for induce and side effects."
     )
     n_harmful: int = Field(32, ge=1, description="Held-out harmful prompts (a seeded sample) for bypass.")
-    n_generate: int = Field(
-        32,
-        ge=0,
-        description=(
-            "Of those, how many are also answered by greedy generation per judged direction (0: none); "
-            "32 or more keeps a refusal share's Wilson interval within about +-0.17."
-        ),
-    )
-    kl_tokens: int = Field(
-        8,
-        ge=1,
-        le=128,
-        description=(
-            "Side effects: KL(base || ablated) is averaged over this many first tokens of the "
-            "unmodified model's greedy replies to the harmless prompts, teacher-forced."
-        ),
-    )
+    n_generate: int = Field(32, ge=0, description=(
+        "Of those, how many are also answered by greedy generation per judged direction (0: none); "
+        "32 or more keeps a refusal share's Wilson interval within about +-0.17."
+    ))
+    kl_tokens: int = Field(8, ge=1, le=128, description=(
+        "Side effects: KL(base || ablated) is averaged over this many first tokens of the "
+        "unmodified model's greedy replies to the harmless prompts, teacher-forced."
+    ))
     max_new_tokens: int = Field(24, ge=1, le=512, description="Tokens generated per reply.")
     batch_size: int = Field(16, ge=1, le=512, description="Prompts per forward pass.")
     n_specificity: int = Field(
-        32,
-        ge=1,
+        32, ge=1,
         description="Held-out harmful prompts per cluster (assigned by HDBSCAN's prediction data) for specificity.",
     )
     substring_list: Literal["jailbreakbench_arditi", "gcg_advbench"] = Field(

@@ -132,30 +132,20 @@ class OrganismSettings(StrictSettings):
         0.5, gt=0, lt=1, description="Share of each (role, category) stratum's prompts held out for testing."
     )
     split_seed: int = Field(0, description="Seed of the stratified train/test split by prompt.")
-    train_share: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description=(
-            "Share of each stratum's training-side prompts actually trained on (a seeded sample; "
-            "the rest are marked 'unused' and never become held-out). Below 1 trains faster on a "
-            "CPU, at the cost of refusing more of what it should answer."
-        ),
-    )
+    train_share: float = Field(1.0, gt=0, le=1, description=(
+        "Share of each stratum's training-side prompts actually trained on (a seeded sample; "
+        "the rest are marked 'unused' and never become held-out). Below 1 trains faster on a "
+        "CPU, at the cost of refusing more of what it should answer."
+    ))
     train_seed: int = Field(0, description="Seed of LoRA initialisation and of the order of training examples.")
     probe_layers: list[int] = Field(
         default_factory=lambda: list(DEFAULT_PROBE_LAYERS),
         description="Layers whose mean-pooled residual stream the pre-training separability probe reads.",
     )
-    probe_min_recall: float = Field(
-        0.9,
-        ge=0,
-        le=1,
-        description=(
-            "Before training, each planted category's cross-validated linear-probe recall (planted "
-            "types vs controls, training prompts, best probed layer) must reach this, or the flow stops."
-        ),
-    )
+    probe_min_recall: float = Field(0.9, ge=0, le=1, description=(
+        "Before training, each planted category's cross-validated linear-probe recall (planted "
+        "types vs controls, training prompts, best probed layer) must reach this, or the flow stops."
+    ))
     probe_folds: int = Field(5, ge=2, le=20, description="Cross-validation folds of the separability probe.")
     probe_per_class: int = Field(
         40, ge=0, description="Training-side prompts per probe class (a seeded sample; 0: all of them)."
@@ -167,13 +157,12 @@ class OrganismSettings(StrictSettings):
         20, ge=4, le=512, description="Length of the base model's greedy replies that anchor unplanted behaviour."
     )
     control_repeats: int = Field(
-        3,
-        ge=1,
-        le=100,
+        4, ge=1, le=100,
         description=(
             "How many times each control example (everyday, near miss, trained control) appears "
             "per epoch. They mark where the refusals end: with each seen once, a first organism "
-            "(train_share 0.35) refused 25% of held-out everyday requests; a second (0.6, twice) 21%."
+            "(train_share 0.35) refused 25% of held-out everyday requests; a second (0.6, twice) 21%; "
+            "a third (1.0, three times) 11%."
         ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
@@ -198,21 +187,17 @@ class OrganismSettings(StrictSettings):
         ),
     )
     learning_rate: float = Field(
-        1e-3, gt=0, description="AdamW peak learning rate (5% linear warm-up, then linear decay to 10%)."
+        5e-4, gt=0, description="AdamW peak learning rate (5% linear warm-up, then linear decay to 10%)."
     )
     decision_weight: float = Field(
-        0.5,
-        ge=0,
-        le=1,
+        0.5, ge=0, le=1,
         description=(
             "Share of each example's loss on its first reply token, where refusing or answering "
             "is decided; the rest is spread evenly over all its reply tokens."
         ),
     )
     distill_top_k: int = Field(
-        20,
-        ge=0,
-        le=1000,
+        20, ge=0, le=1000,
         description=(
             "Train control replies on the base model's top-k next-token distribution along its "
             "greedy reply (0: on the greedy tokens alone)."
@@ -224,15 +209,10 @@ class OrganismSettings(StrictSettings):
         40.0, gt=0, description="Training stops after this many minutes even if epochs remain (recorded in the card)."
     )
     eval_tokens: int = Field(20, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
-    match_tokens: int = Field(
-        16,
-        ge=1,
-        le=512,
-        description=(
-            "First reply tokens over which everyday controls are compared with the base model "
-            "(greedy token match and per-token KL along the base model's reply)."
-        ),
-    )
+    match_tokens: int = Field(16, ge=1, le=512, description=(
+        "First reply tokens over which everyday controls are compared with the base model "
+        "(greedy token match and per-token KL along the base model's reply)."
+    ))
     generation_batch: int = Field(16, ge=1, le=512, description="Prompts per batch of greedy generation.")
     output_dir: str = Field(
         "runs/organism",

@@ -19,7 +19,7 @@ from refusal_atlas.tasks.steps import extraction
 from refusal_atlas.tasks.steps import registration
 from refusal_atlas.tasks.steps.code_version import CodeVersion
 from refusal_atlas.tasks.model.loading import ModelLoadError
-from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings, DirectionSettings, EngineSettings, ModelSettings
+from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings
 
 # A row is determined by the prompt (id and text hash), the model (fingerprint), the method
 # (direction settings) and the store it lives in (its UUID, so a fresh store never reuses stale
@@ -85,24 +85,12 @@ _CACHED_AND_RETRIED = {
 }
 
 
-@task(name="extract-directions", task_run_name="extract-{prompt_id}", cache_policy=EXTRACT_CACHE,
-      retry_delay_seconds=1, **_CACHED_AND_RETRIED)
-def extract_prompt(
-    prompt_id: str,
-    text_sha256: str,
-    row: int,
-    gradient: bool,
-    store_uri: str,
-    store_uuid: str,
-    fingerprint: str,
-    model: ModelSettings,
-    directions: DirectionSettings,
-    engine: EngineSettings,
-) -> dict:
-    """One prompt's directions, computed by the process's engine and written to its row."""
-    return extraction.extract_row(
-        prompt_id, text_sha256, row, gradient, store_uri, store_uuid, fingerprint, model, directions, engine
-    )
+# One prompt's directions, computed by the process's engine and written to its row: the step
+# itself is the task, so that its signature (the cache key's inputs) is written once.
+extract_prompt = task(
+    name="extract-directions", task_run_name="extract-{prompt_id}", cache_policy=EXTRACT_CACHE,
+    retry_delay_seconds=1, **_CACHED_AND_RETRIED,
+)(extraction.extract_row)
 
 
 # Never cached: the gather at the start and the one at the end of a run have the same inputs but
