@@ -59,14 +59,16 @@ def loads(text: str) -> EvaluationResult:
     effects = []
     for e in data["effects"]:
         e = dict(e)
-        for key in ("kl_ablate_prompts", "induce_df_prompts", "bypass_df_prompts", "induce_replies", "bypass_replies"):
+        for key in ("kl_ablate_prompts", "induce_df_prompts", "bypass_df_prompts", "induce_dlo_prompts",
+                    "bypass_dlo_prompts", "induce_replies", "bypass_replies"):
             e[key] = tuple(e.get(key, ()))
         effects.append(DirectionEffect(**e))
     spec = data["specificity"]
     if spec is not None:
         spec = Specificity(np.array(spec["matrix"], dtype=np.float64), spec["rows"], spec["columns"], spec["n_prompts"],
                            None if spec["prompt_effects"] is None else np.array(spec["prompt_effects"], dtype=np.float64),
-                           None if spec["prompt_cluster"] is None else np.array(spec["prompt_cluster"], dtype=np.int64))
+                           None if spec["prompt_cluster"] is None else np.array(spec["prompt_cluster"], dtype=np.int64),
+                           spec.get("scale", "f"))
     return EvaluationResult(EvalSettings(**data["settings"]), BaseMeasures(**base), effects, spec,
                             {int(k): float(v) for k, v in data["scales"].items()})
 

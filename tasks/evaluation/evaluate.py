@@ -69,6 +69,9 @@ class DirectionEffect:
     kl_ablate_prompts: tuple[float, ...] = ()
     induce_df_prompts: tuple[float, ...] = ()
     bypass_df_prompts: tuple[float, ...] = ()
+    # The same per-prompt changes on the log-odds scale (EvalSettings.effect_scale).
+    induce_dlo_prompts: tuple[float, ...] = ()
+    bypass_dlo_prompts: tuple[float, ...] = ()
     # Every judged reply, in the order of BaseMeasures.harmless_prompts / harmful_prompts (the
     # organism's recovery section reads which refusal style each one opens with).
     induce_replies: tuple[str, ...] = ()
@@ -208,6 +211,7 @@ def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_fu
     # Without a bypass score (an f-only control under controls_bypass=False) its figures are NaN
     # and its per-prompt tuple empty, so nothing downstream mistakes it for a measured zero.
     bypass_prompts = np.empty(0) if byp is None else byp.f - base_ful.f
+    bypass_lo = np.empty(0) if byp is None else byp.log_odds - base_ful.log_odds
     bypass_df, bypass_sem = mean_and_sem(bypass_prompts)
     i_sub, i_strict, i_kinds = _rates(gen_ind)
     b_sub, b_strict, b_kinds = _rates(gen_byp)
@@ -217,13 +221,15 @@ def _effect(c: Candidate, scale: float, s: EvalSettings, base_less, ind, base_fu
         induce_dlog_odds=float((ind.log_odds - base_less.log_odds).mean()),
         induce_substring=i_sub, induce_strict=i_strict, induce_kinds=i_kinds,
         bypass_df=bypass_df, bypass_df_sem=bypass_sem,
-        bypass_dlog_odds=float("nan") if byp is None else float((byp.log_odds - base_ful.log_odds).mean()),
+        bypass_dlog_odds=float(bypass_lo.mean()) if bypass_lo.size else float("nan"),
         bypass_substring=b_sub, bypass_strict=b_strict, bypass_kinds=b_kinds,
         kl_ablate=float(np.mean(kl)), kl_ablate_max=float(np.max(kl)) if kl.size else float("nan"),
         induce_examples=_examples(gen_ind, s), bypass_examples=_examples(gen_byp, s),
         kl_ablate_prompts=tuple(float(v) for v in kl),
         induce_df_prompts=tuple(float(v) for v in ind.f - base_less.f),
         bypass_df_prompts=tuple(float(v) for v in bypass_prompts),
+        induce_dlo_prompts=tuple(float(v) for v in ind.log_odds - base_less.log_odds),
+        bypass_dlo_prompts=tuple(float(v) for v in bypass_lo),
         n_judged=0 if gen_ind is None else gen_ind.summary.n,
         induce_replies=_all(gen_ind), bypass_replies=_all(gen_byp),
     )

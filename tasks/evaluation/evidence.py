@@ -1,8 +1,9 @@
 """From the evaluation's per-prompt numbers and the clustering's significance to the verdict.
 
 Every figure here is measured on held-out prompts (or against a null) and carries an interval:
-effects are per-prompt changes in f, signed so that larger means the direction does more (for
-induce the rise of f on harmless prompts, for bypass its fall on harmful prompts); a cluster
+effects are per-prompt changes in the refusal log-odds or in f (EvalSettings.effect_scale),
+signed so that larger means the direction does more (for induce the rise on harmless prompts, for
+bypass the fall on harmful prompts); a cluster
 direction is compared with the common direction at its layer on the same prompts (a paired
 bootstrap) and with the size-matched subset means made for it. `decide` (tasks.evaluation.verdict)
 applies the criteria.
@@ -20,16 +21,20 @@ from refusal_atlas.tasks.evaluation.verdict import ClusterEvidence, MeasureEvide
 MEASURES = ("induce", "bypass")
 
 
-def signed(e: DirectionEffect, measure: str) -> np.ndarray:
-    """Per-prompt effect [n], larger = the direction does more."""
+def signed(e: DirectionEffect, measure: str, scale: str) -> np.ndarray:
+    """Per-prompt effect [n] on `scale` ("log_odds" or "f"), larger = the direction does more."""
+    if scale not in ("log_odds", "f"):
+        raise ValueError(f"unknown effect scale {scale!r}; use 'log_odds' or 'f'")
     if measure == "induce":
-        return np.asarray(e.induce_df_prompts, dtype=np.float64)
-    return -np.asarray(e.bypass_df_prompts, dtype=np.float64)
+        values = e.induce_dlo_prompts if scale == "log_odds" else e.induce_df_prompts
+        return np.asarray(values, dtype=np.float64)
+    values = e.bypass_dlo_prompts if scale == "log_odds" else e.bypass_df_prompts
+    return -np.asarray(values, dtype=np.float64)
 
 
-def effect_estimate(e: DirectionEffect, measure: str, seed: int = 0) -> Estimate:
-    """The mean signed effect with its bootstrap interval."""
-    return bootstrap_mean(signed(e, measure), seed=seed)
+def effect_estimate(e: DirectionEffect, measure: str, scale: str, seed: int = 0) -> Estimate:
+    """The mean signed effect on `scale` with its bootstrap interval."""
+    return bootstrap_mean(signed(e, measure, scale), seed=seed)
 
 
 def rate_estimate(rate: float, n: int) -> Estimate:
@@ -53,15 +58,16 @@ def cluster_evidence(result: EvaluationResult, k: int, seed: int = 0) -> Cluster
     cluster = next(e for e in result.of_kind("cluster") if e.cluster == k)
     common = common_at(result, cluster.layer)
     subsets = [e for e in result.of_kind("subset") if e.cluster == k]
+    scale = result.settings.effect_scale
     measures = []
     for measure in MEASURES:
-        mine = signed(cluster, measure)
+        mine = signed(cluster, measure, scale)
         if common is None or mine.size == 0:
             continue
-        vs_common = bootstrap_difference(mine, signed(common, measure), paired=True, seed=seed)
+        vs_common = bootstrap_difference(mine, signed(common, measure, scale), paired=True, seed=seed)
         # Subsets scored on this measure only (EvalSettings.controls_bypass=False scores them by
         # induce alone): an unscored null counts as not beaten, never as beaten.
-        scored = [signed(s, measure) for s in subsets]
+        scored = [signed(s, measure, scale) for s in subsets]
         scored = [v for v in scored if v.size]
         share = share_beaten(float(mine.mean()), [v.mean() for v in scored]) if scored else 0.0
         measures.append(MeasureEvidence(measure, vs_common, share, len(scored)))
@@ -78,7 +84,7 @@ def common_estimates(result: EvaluationResult, seed: int = 0) -> dict[str, Estim
     for e in commons:
         suffix = "" if len(commons) == 1 else f" @L{e.layer}"
         for measure in MEASURES:
-            out[measure + suffix] = effect_estimate(e, measure, seed)
+            out[measure + suffix] = effect_estimate(e, measure, result.settings.effect_scale, seed)
     return out
 
 

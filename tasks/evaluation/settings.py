@@ -41,6 +41,18 @@ class EvalSettings(StrictSettings):
             "special'; 20 is the least that lets a cluster beat 95% of them). Scored by f and log-odds."
         ),
     )
+    effect_scale: Literal["f", "log_odds"] = Field(
+        "f",
+        description=(
+            "The scale on which the verdict reads held-out induce, bypass and specificity: f (log P "
+            "of the refusal phrases) or the refusal log-odds at the first reply position (log p - "
+            "log(1 - p), p the phrases' first tokens). f saturates at 0 when refusal is near certain: "
+            "a direction that lowers P(refusal) from 0.9999 to 0.99 moves f by 0.01 and the log-odds "
+            "by 4.6. The log-odds is linear in the refusal tokens' logit, so averaged over mixed "
+            "prompts a cluster direction and the common direction can tie where f separates them "
+            "(docs/METHOD.md, 'The verdict'). The other scale's means are reported beside."
+        ),
+    )
     controls_bypass: bool = Field(
         True,
         description=(

@@ -1,7 +1,8 @@
 """Specificity on held-out prompts: does each cluster direction carry its own prompts' refusal?
 
 The measure is bypass: a direction is ablated (projected out everywhere, as in the bypass
-measure) on held-out harmful prompts assigned to each cluster, and the effect is the fall in f.
+measure) on held-out harmful prompts assigned to each cluster, and the effect is the fall in the
+refusal log-odds or in f (EvalSettings.effect_scale; the result's `scale` says which).
 Ablation asks the causal question directly (does this prompt's refusal run through this
 direction?), and it is the measure in which two planted directions separate: removing
 direction A removes the refusal of A's prompts and leaves B's. Adding a direction (as the
@@ -31,9 +32,9 @@ from refusal_atlas.tasks.evaluation.intervals import Estimate, bootstrap_differe
 
 @dataclass(frozen=True)
 class Specificity:
-    """matrix [R, K]: mean fall in f when row direction r is ablated on cluster j's held-out
-    prompts; prompt_effects [R, m]: the same per prompt; prompt_cluster [m]: each prompt's
-    cluster (the columns); n_prompts [K]."""
+    """matrix [R, K]: mean fall on `scale` (refusal log-odds or f) when row direction r is
+    ablated on cluster j's held-out prompts; prompt_effects [R, m]: the same per prompt;
+    prompt_cluster [m]: each prompt's cluster (the columns); n_prompts [K]."""
 
     matrix: np.ndarray
     rows: list[str]
@@ -41,6 +42,7 @@ class Specificity:
     n_prompts: list[int]
     prompt_effects: np.ndarray | None = field(default=None, repr=False)
     prompt_cluster: np.ndarray | None = field(default=None, repr=False)
+    scale: str = "f"
 
 
 def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[Sequence[str]],
@@ -55,10 +57,11 @@ def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[
     flat = [run.render(t) for texts in per_cluster for t in texts]
     cluster_of = np.repeat(np.arange(len(per_cluster)), [len(g) for g in per_cluster])
     layer = min(scales)  # ablation acts at every layer; f is read at one (the same for all rows)
-    base = run.score(flat, layer).f
+    scale = run.s.effect_scale
+    base = getattr(run.score(flat, layer), scale)
 
     def fall(c: Candidate) -> np.ndarray:
-        return base - run.score(flat, layer, run.ablator(c)).f
+        return base - getattr(run.score(flat, layer, run.ablator(c)), scale)
 
     names, rows = [], []
     for c in candidates:
@@ -78,7 +81,7 @@ def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[
     matrix = np.array([[r[cluster_of == j].mean() if (cluster_of == j).any() else np.nan for j in range(k)]
                        for r in effects])
     return Specificity(matrix, names, [f"cluster {j}" for j in range(k)], [len(g) for g in per_cluster],
-                       effects, cluster_of)
+                       effects, cluster_of, scale)
 
 
 def specificity_index(spec: Specificity, k: int, seed: int = 0) -> Estimate:

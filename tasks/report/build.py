@@ -29,6 +29,7 @@ from refusal_atlas.tasks.evaluation.verdict import Verdict
 from refusal_atlas.tasks.report.recovery import recovery_html, recovery_markdown
 from refusal_atlas.tasks.report.verdict_tables import (
     MARK,
+    SCALE_LABEL,
     by_construction_table,
     heldout_table,
     verdict_dict,
@@ -195,8 +196,9 @@ def images(inputs: ReportInputs) -> dict[str, bytes]:
     spec = inputs.evaluation.specificity if inputs.evaluation else None
     if spec is not None:
         out["specificity"] = plots.heatmap_png(spec.matrix, spec.rows, spec.columns,
-                                               "specificity: Δf of a direction (row) on a cluster's prompts (column)",
-                                               "mean change in f (nats)")
+                                               f"specificity: {SCALE_LABEL[spec.scale]} when a direction (row) is "
+                                               "ablated on a cluster's prompts (column)",
+                                               f"mean fall in {'refusal log-odds' if spec.scale == 'log_odds' else 'f (nats)'}")
     if inputs.effect is not None and inputs.layers is not None:
         out["effect_by_layer"] = plots.effect_by_layer_png(inputs.effect, inputs.layers, inputs.best_layer)
     return out

@@ -15,6 +15,10 @@ from refusal_atlas.tasks.evaluation.evidence import MEASURES, effect_estimate, k
 from refusal_atlas.tasks.evaluation.verdict import BY_CONSTRUCTION, Verdict
 from refusal_atlas.tasks.report.tables import Table
 
+#: How a change on each effect scale (EvalSettings.effect_scale) is written in a column head.
+SCALE_LABEL = {"log_odds": "Δlog-odds", "f": "Δf"}
+SCALE_NAME = {"log_odds": "the refusal log-odds at the first reply position", "f": "f = log P(refusal phrases)"}
+
 #: The mark every by-construction figure carries wherever it is shown.
 MARK = "expected by construction, not evidence"
 
@@ -59,8 +63,10 @@ def verdict_table(verdict: Verdict) -> Table:
 
 def heldout_table(ev: EvaluationResult) -> Table:
     """Every candidate but the subset means (summarised per cluster) with intervals."""
-    columns = ["direction", "kind", "layer", "induce Δf (rise)", "bypass Δf (fall)", "induce refusals substr / strict",
-               "bypass refusals substr / strict", "KL ablated"]
+    scale = ev.settings.effect_scale
+    unit = SCALE_LABEL[scale]
+    columns = ["direction", "kind", "layer", f"induce {unit} (rise)", f"bypass {unit} (fall)",
+               "induce refusals substr / strict", "bypass refusals substr / strict", "KL ablated"]
     seed = ev.settings.seed
     rows = []
     for e in ev.effects:
@@ -68,7 +74,7 @@ def heldout_table(ev: EvaluationResult) -> Table:
             continue
         n = e.n_judged
         rows.append([e.name, e.kind, str(e.layer),
-                     *(effect_estimate(e, m, seed).format() for m in MEASURES),
+                     *(effect_estimate(e, m, scale, seed).format() for m in MEASURES),
                      f"{rate_estimate(e.induce_substring, n).format()} / {rate_estimate(e.induce_strict, n).format()}",
                      f"{rate_estimate(e.bypass_substring, n).format()} / {rate_estimate(e.bypass_strict, n).format()}",
                      kl_estimate(e, seed).format(4)])
@@ -76,12 +82,13 @@ def heldout_table(ev: EvaluationResult) -> Table:
         subsets = [e for e in ev.of_kind("subset") if e.cluster == k]
         cells = []
         for m in MEASURES:
-            means = np.array([effect_estimate(e, m, seed).value for e in subsets])
+            means = np.array([effect_estimate(e, m, scale, seed).value for e in subsets])
             cells.append(f"{means.mean():.2f} (range {means.min():.2f} to {means.max():.2f}, {means.size} subsets)")
         rows.append([f"subset means for cluster {k}", "subset", str(subsets[0].layer), *cells, "—", "—", "—"])
     b = ev.base
     note = (f"All on held-out prompts: {b.n_harmless} harmless (induce, KL) and {b.n_harmful} harmful (bypass); "
-            f"replies judged on {b.n_generate} of each. Δf intervals: bootstrap over prompts; refusal shares: "
+            f"replies judged on {b.n_generate} of each. {unit}: the change in {SCALE_NAME[scale]} "
+            "(the scale the verdict reads); intervals: bootstrap over prompts; refusal shares: "
             "Wilson; KL: bootstrap of the per-prompt mean over the first reply tokens. Comparing cluster "
             f"directions with random directions or the difference in means on f is {MARK}.")
     return Table("Held-out evaluation with intervals", columns, rows, note)
