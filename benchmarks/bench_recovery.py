@@ -2,6 +2,8 @@
 
     python benchmarks/bench_recovery.py                                        # three-style organism and the base model
     python benchmarks/bench_recovery.py --single runs/organism-single/adapter   # and the single-style organism
+    python benchmarks/bench_recovery.py --single runs/organism-single/adapter --effect-scale log_odds \
+        --out runs/bench_recovery_logodds.json                                  # the verdict on the log-odds
 
 Each model gets one run of the `refusal_atlas` flow with the demo's settings
 (deployments/demo.json: the organism's held-out planted-type prompts and controls, which no
@@ -37,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base", default="smollm2", help="The base model, for the planted-nothing comparison ('' to skip).")
     p.add_argument("--single", default="", help="The single-style organism's adapter directory ('' to skip).")
     p.add_argument("--settings", default=str(DEMO_SETTINGS), help="AtlasSettings JSON every model runs with.")
+    p.add_argument("--effect-scale", default="", choices=["", "f", "log_odds"],
+                   help="Override the settings' evaluation.effect_scale (the verdict's scale; '' keeps it).")
     p.add_argument("--runs", default="runs/recovery", help="Folder of the stores and reports, one per model.")
     p.add_argument("--out", default="runs/bench_recovery.json", help="Where the JSON results go.")
     return p.parse_args(argv)
@@ -50,6 +54,9 @@ def run_model(who: str, name: str, args) -> dict:
     from refusal_atlas.tasks.settings import AtlasSettings
 
     settings = AtlasSettings.model_validate_json(Path(args.settings).read_text())
+    if args.effect_scale:
+        settings = settings.model_copy(update={
+            "evaluation": settings.evaluation.model_copy(update={"effect_scale": args.effect_scale})})
     slug = who.replace(" ", "-")
     settings = settings.model_copy(update={
         "model": settings.model.model_copy(update={"name": name}),
