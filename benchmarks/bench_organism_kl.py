@@ -6,9 +6,10 @@
 The organism's criterion reads the mean over the first 16 positions of the base model's greedy
 replies to held-out everyday requests (teacher-forced, so both models see the same text). The
 mean hides where the drift sits: this script prints it per position, on the same prompts and
-replies as the flow's evaluation (the run's split and base replies). It showed that the first
-position carried most of the third organism's drift (2.54 nats there, 0.04 to 0.18 at each of
-the next 15), because its controls trained that token on a hard greedy target.
+replies as the flow's evaluation (the run's split and base replies), with the evaluation's own
+measure (tasks.organism.measure.kl_along_replies). It showed that the first position carried most
+of the third organism's drift (2.54 nats there, 0.04 to 0.18 at each of the next 15), because its
+controls trained that token on a hard greedy target.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from refusal_atlas.tasks.model.chat import render_text
 from refusal_atlas.tasks.model.loading import load_model
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply
-from refusal_atlas.tasks.organism.losses import Encoded, reply_log_probs
+from refusal_atlas.tasks.organism.measure import kl_along_replies
 from refusal_atlas.tasks.organism.pipeline import read_jsonl
 from refusal_atlas.tasks.settings import ModelSettings
 
@@ -38,28 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@torch.no_grad()
-def kl_by_position(base, organism, prompts, replies, tokens: int, batch: int) -> np.ndarray:
-    """Mean KL(base || organism) at each of the first `tokens` reply positions [tokens] (NaN
-    where no reply is that long)."""
-    tokenizer, pad = organism.tokenizer, organism.tokenizer.eos_token_id
-    sums, counts = np.zeros(tokens), np.zeros(tokens)
-    for start in range(0, len(prompts), batch):
-        items = []
-        for p in prompts[start: start + batch]:
-            prompt = tokenizer(render_text(tokenizer, organism.chat_template, p.text), add_special_tokens=False)["input_ids"]
-            items.append(Encoded(tuple(prompt) + tuple(list(replies[p.id].ids)[:tokens]), len(prompt), "control"))
-        base_lp, rows, _ = reply_log_probs(base.model, items, pad)
-        org_lp, _, _ = reply_log_probs(organism.model, items, pad)
-        kl = (base_lp.exp() * (base_lp - org_lp)).sum(-1).clamp_min(0).double().numpy()  # [positions]
-        rows = rows.numpy()
-        for r in range(len(items)):
-            values = kl[rows == r]  # this prompt's positions, in order
-            sums[: values.size] += values
-            counts[: values.size] += 1
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     run = Path(args.run)
@@ -67,10 +44,12 @@ def main(argv=None) -> int:
     everyday = [a for a in read_jsonl(run / "data" / "split.jsonl", Assigned) if a.split == "test" and a.role == "harmless"]
     replies = {r.prompt_id: r for r in read_jsonl(run / "data" / "base_replies.jsonl", BaseReply)}
     base, organism = load_model(ModelSettings(name=args.base)), load_model(ModelSettings(name=adapter))
-    per_position = kl_by_position(base, organism, everyday, replies, args.tokens, args.batch)
+    with torch.no_grad():
+        kl = kl_along_replies(base.model, organism.model, organism.tokenizer, organism.chat_template, everyday, replies,
+                              args.tokens, args.batch)
     print(f"{adapter}: {len(everyday)} held-out everyday requests, KL(base || organism) per reply position (nats)")
-    print(" ".join(f"{v:.3f}" for v in per_position))
-    print(json.dumps({"adapter": adapter, "per_position": [round(float(v), 4) for v in per_position]}))
+    print(" ".join(f"{v:.3f}" for v in kl["per_position"]))
+    print(json.dumps({"adapter": adapter, "mean": round(kl["mean"], 4), "per_position": kl["per_position"]}))
     return 0
 
 

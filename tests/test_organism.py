@@ -433,3 +433,24 @@ def test_probe_gate_stops_the_organism_unless_forced_and_reads_no_held_out_promp
     held_out = sum(a.split == "test" for a in assigned)
     assert summary["n_prompts"] == 6 * 3 and held_out > 0, "6 a class from the training side only"
     assert not set(seen) & {a.text for a in assigned if a.split == "test"}, "held-out prompts stay unseen"
+
+
+def test_kl_along_replies_per_position_is_zero_for_the_same_model_and_averages_to_the_mean(tiny_dir):
+    from refusal_atlas.tasks.organism.measure import kl_along_replies
+
+    base = load_model(ModelSettings(name=str(tiny_dir)))
+    other = copy.deepcopy(base.model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    prompts = [p for p in _prompts() if p.label == "harmless"][:5]
+    # Replies of different lengths, so that the later positions average over fewer prompts.
+    replies = {p.id: BaseReply(p.id, "", tuple(range(5, 5 + 2 + i)), True) for i, p in enumerate(prompts)}
+    with torch.no_grad():
+        same = kl_along_replies(base.model, base.model, base.tokenizer, base.chat_template, prompts, replies, 4)
+        drift = kl_along_replies(base.model, other, base.tokenizer, base.chat_template, prompts, replies, 4)
+    assert same["per_position"] == pytest.approx([0.0] * 4, abs=1e-6)
+    lengths = np.array([min(2 + i, 4) for i in range(5)])
+    counts = np.array([(lengths > k).sum() for k in range(4)])
+    assert np.dot(drift["per_position"], counts) / counts.sum() == pytest.approx(drift["mean"], rel=1e-4)
+    assert min(drift["per_position"]) > 0

@@ -190,7 +190,8 @@ def kl_along_replies(
 ) -> dict:
     """KL(base || organism) of the next-token distribution at each of the first `tokens`
     positions of the base model's greedy reply, teacher-forced along that reply (so the two
-    models see the same text): the mean over all positions, and per prompt."""
+    models see the same text): the mean over all positions, per prompt, and per reply position
+    (where the drift sits: a hard first-token target once put most of it at position 1)."""
     pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     items = []
     for p in prompts:
@@ -198,14 +199,18 @@ def kl_along_replies(
         reply = list(replies[p.id].ids)[:tokens]
         items.append(Encoded(tuple(prompt) + tuple(reply), len(prompt), "control"))
     per_prompt, total, count = [], 0.0, 0
+    position_sums = torch.zeros(tokens, dtype=torch.float64)  # [tokens]
+    position_counts = torch.zeros(tokens, dtype=torch.float64)
     for start in range(0, len(items), batch_size):
         batch = items[start: start + batch_size]
         base_lp, rows, _ = reply_log_probs(base_model, batch, pad)
         org_lp, _, _ = reply_log_probs(organism_model, batch, pad)
         kl = (base_lp.exp() * (base_lp - org_lp.to(base_lp.device))).sum(-1).clamp_min(0)  # [n positions]
         for r in range(len(batch)):
-            values = kl[rows == r]
+            values = kl[rows == r]  # this prompt's positions, in order
             per_prompt.append(float(values.mean()))
+            position_sums[: values.numel()] += values.double().cpu()
+            position_counts[: values.numel()] += 1
             total += float(values.sum())
             count += int(values.numel())
     return {
@@ -213,6 +218,8 @@ def kl_along_replies(
         "mean": total / count if count else float("nan"),
         "max_prompt": max(per_prompt) if per_prompt else float("nan"),
         "per_prompt": [round(v, 5) for v in per_prompt],
+        "per_position": [round(float(s / n), 5) if n else float("nan")
+                         for s, n in zip(position_sums.tolist(), position_counts.tolist())],
     }
 
 

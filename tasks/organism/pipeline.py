@@ -183,7 +183,7 @@ def evaluate(settings: OrganismSettings, adapter_dir: str, split_path: str, repl
     evaluation = {
         "organism_fingerprint": organism.fingerprint,
         "criteria": check_criteria(rates, kl),
-        "everyday_kl": {k: v for k, v in kl.items() if k != "per_prompt"},
+        "everyday_kl": {k: v for k, v in kl.items() if k != "per_prompt"},  # per_position kept
         "everyday_match": asdict(match),
         "rates": {k: asdict(v) for k, v in rates.items()},
         "base_rates": {k: asdict(v) for k, v in base_rates.items()},
