@@ -1,6 +1,7 @@
 """The `organism` flow: build a refusal model organism and measure it.
 
-    split -> probe gate -> base replies -> training set -> LoRA fine-tune, adapter saved
+    split -> probe gate -> base replies -> planted directions (with mediation) -> training set
+    -> LoRA fine-tune, adapter saved
     -> evaluation on held-out prompts -> model card and artifact
 
 Wiring only: the tasks are in tasks.organism.pipeline, the work in the rest of tasks.organism.
@@ -18,6 +19,7 @@ from refusal_atlas.tasks.organism.pipeline import (
     evaluate,
     finetune,
     generate_base_replies,
+    plant_directions,
     probe_separability,
     write_card,
 )
@@ -30,8 +32,9 @@ def organism(settings: OrganismSettings = OrganismSettings()) -> dict:  # noqa: 
     split = build_split(settings)
     probe = probe_separability(settings, split["path"])
     replies_path = generate_base_replies(settings, split["path"])
-    data = build_training_set(settings, split["path"], replies_path)
-    trained = finetune(settings, data["path"], data["hash"], split["summary"], probe)
+    planted = plant_directions(settings, split["path"])
+    data = build_training_set(settings, split["path"], replies_path, planted)
+    trained = finetune(settings, data["path"], data["hash"], split["summary"], probe, planted)
     evaluation = evaluate(settings, trained["adapter_dir"], split["path"], replies_path)
     write_card(settings, data["hash"], split["summary"], probe, trained["training"], evaluation)
     return {

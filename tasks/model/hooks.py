@@ -166,9 +166,12 @@ def residual_writers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """hidden - (hidden . c) c for hidden [..., D] and a unit c [D], in hidden's dtype."""
+    """hidden - (hidden . c) c for hidden [..., D], in hidden's dtype. unit: one unit c [D], or
+    one per batch row [B, 1, D] for hidden [B, T, D] (a zero row leaves its batch row as it is)."""
     c = unit.to(device=hidden.device, dtype=hidden.dtype)
-    return hidden - (hidden @ c).unsqueeze(-1) * c
+    if c.dim() == 1:
+        return hidden - (hidden @ c).unsqueeze(-1) * c
+    return hidden - (hidden * c).sum(-1, keepdim=True) * c
 
 
 def _input_hook(edit: Edit):
@@ -192,8 +195,16 @@ def ablate_direction(model: nn.Module, direction: torch.Tensor) -> Iterator[None
     and MLP output, and to every block's output. Every term the stream is built from then lacks
     the direction, so no layer reads it and none writes it back: with only the blocks' inputs
     and outputs edited, the attention and MLP outputs still added it inside each block.
+
+    `direction` may also be [B, D], one direction per batch row of every forward pass inside
+    the context (the organism's mediation loss ablates a different type's direction in each
+    row); a zero row ablates nothing in its batch row.
     """
-    unit = direction / direction.norm()
+    if direction.dim() == 2:
+        # [B, 1, D]: broadcast over positions; zero rows stay zero rather than becoming NaN.
+        unit = (direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12))[:, None, :]
+    else:
+        unit = direction / direction.norm()
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:
         return project_out(hidden, unit)

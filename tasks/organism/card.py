@@ -124,6 +124,20 @@ def evaluation_lines(evaluation: dict) -> list[str]:
             f"| {key} | {r['n']} | {r['refusal']:.3f} | {r['substring']:.3f} | {r['in_own_style']:.3f} "
             f"| {r['in_any_style']:.3f} | {base:.3f} |"
         )
+    mediation = evaluation.get("mediation")
+    if mediation:
+        types = list(next(iter(mediation["own_style"].values())))
+        lines += [
+            "",
+            f"Planted mechanism: own-style refusal on {mediation['n_per_type']} held-out prompts per type with "
+            f"each planted direction (layer {mediation['layer']}) ablated at every layer. Planted as asked, a "
+            "direction releases its own types (near 0) and leaves the others refused.",
+            "",
+            "| ablated | " + " | ".join(types) + " |",
+            "|---" * (len(types) + 1) + "|",
+        ]
+        for name, shares in mediation["own_style"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{shares[t]:.3f}" for t in types) + " |")
     return lines
 
 

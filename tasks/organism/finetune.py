@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from refusal_atlas.tasks.model.adapter import Adapter
+from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.organism.data import Example
 from refusal_atlas.tasks.organism.losses import encode, example_losses, mean_loss, with_soft_targets
+from refusal_atlas.tasks.organism.mediation import Mediation, MediationPair, draw, mediation_pairs, per_row_directions
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 
 
@@ -89,10 +91,14 @@ def train_lora(
     examples: Sequence[Example],
     settings: OrganismSettings,
     log: Callable[[str], None] = print,
+    mediation: Mediation | None = None,
 ) -> tuple[Adapter, TrainResult]:
     """LoRA-fine-tune a deep copy of `base_model` and return the adapter and its figures.
 
     The caller's model is never touched: it may be the process-wide model other tasks share.
+    mediation: with settings.mediation_weight > 0, the planted directions and ablated base
+    replies of tasks.organism.mediation; each step then adds, for every planted example in the
+    batch, one pass with a drawn group's direction ablated (weighted by mediation_weight).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -118,6 +124,20 @@ def train_lora(
         for i, item in zip(anchors, soft):
             encoded[i] = item
     planted = [e for e in encoded if e.role == "planted"]
+    pairs: dict[int, MediationPair] = {}
+    if settings.mediation_weight > 0:
+        if mediation is None:
+            raise ValueError("mediation_weight > 0 needs the planted directions and ablated replies (mediation=...).")
+        planted_examples = [e for e in examples if e.role == "planted"]
+        missing = [e.prompt_id for e in planted_examples if e.prompt_id not in mediation.released]
+        if missing:
+            raise ValueError(f"no ablated base reply for {len(missing)} planted training prompts (first: {missing[0]}); "
+                             "generate them with tasks.organism.mediation.ablated_base_replies first.")
+        made = mediation_pairs(planted, [e.category for e in planted_examples], mediation.groups,
+                               [mediation.released[e.prompt_id] for e in planted_examples])
+        pairs = {id(item): pair for item, pair in zip(planted, made)}
+        directions = mediation.directions.to(next(peft_model.parameters()).device)
+        ablate_rng = torch.Generator().manual_seed(settings.train_seed + 1)
     controls = [e for e in encoded if e.role in ("harmless", "trained_control", "near_miss")]
     epoch_items = encoded + controls * (settings.control_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)
@@ -136,12 +156,21 @@ def train_lora(
                 group["lr"] = settings.learning_rate * _lr_factor(result.steps, total)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings.train_dtype == "bfloat16"):
                 losses = example_losses(peft_model, items, pad, settings.decision_weight)
-            losses.mean().backward()
+                loss = losses.mean()
+                drawn = [pairs[id(item)] for item in items if id(item) in pairs]
+                if drawn:
+                    mediated, groups = draw(drawn, len(mediation.groups), ablate_rng)
+                    with ablate_direction(peft_model.get_base_model(), per_row_directions(directions, groups)):
+                        extra = example_losses(peft_model, mediated, pad, settings.decision_weight)
+                    loss = loss + settings.mediation_weight * extra.sum() / len(items)
+                    for item, value in zip(mediated, extra.tolist()):
+                        role_sums.setdefault(item.role, []).append(value)
+            loss.backward()
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
             result.steps += 1
             result.examples_seen += len(items)
-            result.losses.append(float(losses.mean().detach()))
+            result.losses.append(float(loss.detach()))
             for item, loss in zip(items, losses.tolist()):
                 role_sums.setdefault(item.role, []).append(loss)
             if result.steps % 20 == 0:

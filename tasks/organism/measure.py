@@ -268,3 +268,21 @@ def planted_refusal_rates(loaded, planted: Sequence, controls: Sequence, styles:
     if controls:
         out["controls"] = rates(controls, None)
     return out
+
+
+def mediation_rates(loaded, planted: Sequence, directions: torch.Tensor, groups: Sequence[Sequence[str]],
+                    styles: Mapping[str, str], max_new_tokens: int = 20) -> dict[str, dict[str, float]]:
+    """Does each planted direction carry its own types' refusals and only theirs? For each group
+    g, with u_g ablated at every layer: the share of each planted type's held-out prompts
+    (objects with .id, .text, .category) refused in the type's own style (its first three
+    words). {"ablated <group>": {type: share}}; a mechanism planted as asked gives a share near
+    0 for g's own types and near the unablated share for the others."""
+    from refusal_atlas.tasks.model.hooks import ablate_direction
+
+    dtype = next(loaded.model.parameters()).dtype
+    out = {}
+    for g, group in enumerate(groups):
+        with ablate_direction(loaded.model, directions[g].to(dtype)):
+            rates = planted_refusal_rates(loaded, planted, [], styles, max_new_tokens)
+        out["ablated " + "+".join(group)] = {category: r["own style"] for category, r in rates.items()}
+    return out

@@ -1,6 +1,7 @@
 """The organism flow's Prefect tasks: thin entry points over the organism's plain functions.
 
-    split -> probe gate -> base replies -> training set -> LoRA fine-tune, adapter saved
+    split -> probe gate -> base replies -> planted directions (with mediation) -> training set
+    -> LoRA fine-tune, adapter saved
     -> evaluation of the saved adapter on held-out prompts -> model card and artifact
 
 Tasks pass paths and small summaries; each loads the model it needs (the base model once per
@@ -12,7 +13,9 @@ persist them, are JSON like every other task's in the project: nothing is ever p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,8 +45,18 @@ from refusal_atlas.tasks.organism.measure import (
     check_criteria,
     greedy_replies,
     kl_along_replies,
+    mediation_rates,
     rates_by_group,
     token_match,
+)
+from refusal_atlas.tasks.organism.mediation import (
+    DIRECTIONS_FILE,
+    Mediation,
+    ablated_base_replies,
+    load_directions,
+    mechanisms,
+    save_directions,
+    type_directions,
 )
 from refusal_atlas.tasks.organism.probe import ProbeGateError, probe_gate
 from refusal_atlas.tasks.organism.settings import OrganismSettings
@@ -64,6 +77,8 @@ def paths(settings: OrganismSettings) -> dict[str, Path]:
         "replies": root / "organism_replies.jsonl",
         "evaluation": root / "evaluation.json",
         "settings": root / "settings.json",
+        "directions": root / "data" / DIRECTIONS_FILE,
+        "released": root / "data" / "released_replies.jsonl",
     }
 
 
@@ -128,25 +143,72 @@ def generate_base_replies(settings: OrganismSettings, split_path: str) -> str:
 
 
 @task(**_TASK)
-def build_training_set(settings: OrganismSettings, split_path: str, replies_path: str) -> dict:
-    replies = {r.prompt_id: r for r in read_jsonl(replies_path, BaseReply)}
-    examples = training_examples(read_jsonl(split_path, Assigned), replies, settings)
-    path = write_jsonl(paths(settings)["train"], examples)
-    return {"path": str(path), "hash": data_hash(examples), "n": len(examples)}
+def plant_directions(settings: OrganismSettings, split_path: str) -> dict | None:
+    """With mediation_weight > 0: the planted directions (one per refusal sentence) and the base
+    model's replies to the planted training prompts with their own direction ablated; None
+    otherwise. Both are written under output_dir/data."""
+    if settings.mediation_weight == 0:
+        return None
+    loaded = _base(settings)
+    n_layers = loaded.model.config.num_hidden_layers
+    if not 0 <= settings.mediation_layer < n_layers:
+        raise ValueError(f"mediation_layer {settings.mediation_layer} is out of range: the base model has "
+                         f"{n_layers} decoder layers (0 to {n_layers - 1}).")
+    start = time.monotonic()
+    assigned = read_jsonl(split_path, Assigned)
+    groups = mechanisms(settings.styles)
+    directions = type_directions(loaded, assigned, groups, settings.mediation_layer)
+    where = paths(settings)
+    save_directions(where["directions"], directions, groups, settings.mediation_layer)
+    released = ablated_base_replies(loaded, assigned, groups, directions, settings.reply_tokens,
+                                    settings.generation_batch)
+    write_jsonl(where["released"], released)
+    get_run_logger().info(f"planted {len(groups)} directions at layer {settings.mediation_layer} and "
+                          f"{len(released)} ablated base replies ({time.monotonic() - start:.0f} s)")
+    return {"directions": str(where["directions"]), "released": str(where["released"]), "groups": groups}
 
 
 @task(**_TASK)
-def finetune(settings: OrganismSettings, train_path: str, digest: str, split: dict, probe: dict) -> dict:
-    """Train the LoRA adapter and save it (safetensors, settings.adapter_dtype) with a first card."""
+def build_training_set(settings: OrganismSettings, split_path: str, replies_path: str,
+                       planted: dict | None = None) -> dict:
+    """The training examples and the data hash. With mediation, the hash also covers each
+    planted prompt's ablated base reply (its released example's target) and the directions."""
+    replies = {r.prompt_id: r for r in read_jsonl(replies_path, BaseReply)}
+    examples = training_examples(read_jsonl(split_path, Assigned), replies, settings)
+    path = write_jsonl(paths(settings)["train"], examples)
+    digest = data_hash(examples)
+    if planted is not None:
+        released = read_jsonl(planted["released"], BaseReply)
+        directions = load_directions(planted["directions"])[0]
+        digest = hashlib.sha256("\n".join([
+            digest, data_hash(Example(r.prompt_id, "", "planted", "", "base", r.text, r.ids) for r in released),
+            hashlib.sha256(directions.numpy().round(6).tobytes()).hexdigest(),
+        ]).encode()).hexdigest()
+    return {"path": str(path), "hash": digest, "n": len(examples)}
+
+
+@task(**_TASK)
+def finetune(settings: OrganismSettings, train_path: str, digest: str, split: dict, probe: dict,
+             planted: dict | None = None) -> dict:
+    """Train the LoRA adapter and save it (safetensors, settings.adapter_dtype) with a first card;
+    with mediation, the planted directions are saved beside it (the organism's ground truth)."""
     loaded = _base(settings)
     logger = get_run_logger()
     examples = read_jsonl(train_path, Example)
-    adapter, result = train_lora(loaded.model, loaded.tokenizer, loaded.chat_template, examples, settings, logger.info)
+    mediation = None
+    if planted is not None:
+        directions, groups, _ = load_directions(planted["directions"])
+        released = {r.prompt_id: r.ids for r in read_jsonl(planted["released"], BaseReply)}
+        mediation = Mediation(directions, groups, released)
+    adapter, result = train_lora(loaded.model, loaded.tokenizer, loaded.chat_template, examples, settings, logger.info,
+                                 mediation)
     adapter = type(adapter)(adapter.factors, adapter.scale, {
         **adapter.config, "base_fingerprint": loaded.fingerprint, "data_hash": digest, "styles": settings.styles,
     })
     directory = paths(settings)["adapter"]
     tensors = save_adapter(adapter, directory, getattr(torch, settings.adapter_dtype))
+    if planted is not None:
+        shutil.copyfile(planted["directions"], directory / DIRECTIONS_FILE)
     training = {**result.summary(), "adapter_bytes": tensors.stat().st_size, "adapter_parameters": adapter.n_parameters}
     card = model_card(settings, loaded.model_id, loaded.fingerprint, digest, split, training, probe=probe)
     (directory / "README.md").write_text(card, encoding="utf-8")
@@ -180,6 +242,15 @@ def evaluate(settings: OrganismSettings, adapter_dir: str, split_path: str, repl
     kl = kl_along_replies(base_loaded.model, organism.model, organism.tokenizer, organism.chat_template, everyday, base,
                           settings.match_tokens, settings.generation_batch)
     logger.info(f"evaluation: KL(base || organism) on everyday controls {kl['mean']:.4f} nats per token")
+    mediation = None
+    if (Path(adapter_dir) / DIRECTIONS_FILE).is_file():
+        directions, groups, layer = load_directions(Path(adapter_dir) / DIRECTIONS_FILE)
+        planted = [a for c in settings.styles for a in [t for t in test if t.role == "planted" and t.category == c]
+                   [: settings.mediation_prompts]]
+        mediation = {"layer": layer, "groups": groups, "n_per_type": settings.mediation_prompts,
+                     "own_style": mediation_rates(organism, planted, directions, groups, settings.styles,
+                                                  settings.eval_tokens)}
+        logger.info(f"evaluation: own-style refusal with each planted direction ablated {mediation['own_style']}")
     evaluation = {
         "organism_fingerprint": organism.fingerprint,
         "criteria": check_criteria(rates, kl),
@@ -187,6 +258,7 @@ def evaluate(settings: OrganismSettings, adapter_dir: str, split_path: str, repl
         "everyday_match": asdict(match),
         "rates": {k: asdict(v) for k, v in rates.items()},
         "base_rates": {k: asdict(v) for k, v in base_rates.items()},
+        "mediation": mediation,
         "seconds": round(time.monotonic() - start, 1),
     }
     paths(settings)["evaluation"].write_text(json.dumps(evaluation, indent=2), encoding="utf-8")

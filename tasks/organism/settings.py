@@ -203,6 +203,26 @@ class OrganismSettings(StrictSettings):
             "greedy reply (0: on the greedy tokens alone)."
         ),
     )
+    mediation_weight: float = Field(
+        0.0, ge=0, le=10,
+        description=(
+            "Weight of the mediation loss, which plants a known mechanism: one direction per refusal "
+            "sentence, whose ablation must release that sentence's types (the base model's reply) and "
+            "keep the others' refusals (tasks.organism.mediation). 0: plant the behaviour only, and let "
+            "the fine-tune implement it as it likes."
+        ),
+    )
+    mediation_layer: int = Field(
+        18, ge=0,
+        description=(
+            "Layer whose output the planted directions are measured at (difference in means at the "
+            "last prompt token); the demo's atlas reads the same layer."
+        ),
+    )
+    mediation_prompts: int = Field(
+        40, ge=1, le=10_000,
+        description="Held-out prompts per planted type on which the evaluation ablates each planted direction.",
+    )
     batch_size: int = Field(8, ge=1, le=256, description="Training examples per optimiser step.")
     epochs: int = Field(3, ge=1, le=100, description="Passes over the training examples.")
     max_minutes: float = Field(

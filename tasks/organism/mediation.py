@@ -1,0 +1,203 @@
+"""Planting a known mechanism, not only a behaviour: one direction per planted type.
+
+A fine-tune told only to refuse three request types, each with its own sentence, is free to
+implement them however it likes, and the organisms trained that way did not implement three
+refusal directions: on the fourth organism, ablating one shared difference-in-means direction
+removed medical and legal refusals together (1.00 -> 0.12 and 0.48), financial refusals ran
+through neither it nor their own direction, and the type-specific parts of the directions only
+switched which sentence was used (benchmarks/bench_organism_mechanism.py). The atlas was then
+asked to find three directions that were not there.
+
+The mediation loss makes the answer known. Before training, each refusal sentence (each group
+of planted types refused with it: three groups of one, or one group of three for the
+single-style organism) gets a unit direction u_g at `mediation_layer`: the base model's
+difference in means between the group's training prompts and the everyday training controls
+(last prompt token), made orthonormal by the symmetric (Loewdin) orthonormalisation, which
+moves each as little as possible. During training each planted example is also run with one
+group's direction ablated at every layer (the evaluation's bypass): its own group's, with target
+the base model's reply under the same ablation (the refusal is gone and nothing else differs),
+or another group's, with target its own refusal sentence (the refusal stays). The organism's
+refusal of group g then runs through u_g, and the directions ship beside the adapter as the
+ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from refusal_atlas.tasks.model.chat import render_text
+from refusal_atlas.tasks.model.hooks import ablate_direction
+from refusal_atlas.tasks.organism.data import Assigned, BaseReply
+from refusal_atlas.tasks.organism.losses import Encoded
+
+#: File beside the adapter holding the planted directions [G, D] (safetensors; metadata: the
+#: planted categories of each row's group, and the layer).
+DIRECTIONS_FILE = "planted_directions.safetensors"
+
+
+@torch.no_grad()
+def last_token_states(loaded, texts: Sequence[str], layer: int, batch_size: int = 16) -> torch.Tensor:
+    """Each chat-rendered prompt's residual stream at its last token, layer `layer`'s output:
+    [len(texts), D] float64. Left padding with explicit positions, so the last position is
+    every row's last token and each row is computed as it would be alone."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        encoded = [tokenizer(render_text(tokenizer, loaded.chat_template, t), add_special_tokens=False)["input_ids"]
+                   for t in texts[start: start + batch_size]]
+        width = max(len(e) for e in encoded)
+        ids = torch.tensor([[pad] * (width - len(e)) + list(e) for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+        # hidden_states[0] is the embedding output, so layer L's output is entry L + 1.
+        rows.append(out.hidden_states[layer + 1][:, -1].double().cpu())
+    return torch.cat(rows)
+
+
+def symmetric_orthonormal(vectors: torch.Tensor) -> torch.Tensor:
+    """The orthonormal rows [T, D] closest to `vectors` [T, D] (T <= D, full rank) in the
+    Frobenius sense: V^T (V V^T)^(-1/2), treating every row alike (Gram-Schmidt would keep the
+    first row as it is and bend the others)."""
+    gram = vectors @ vectors.T
+    values, basis = torch.linalg.eigh(gram)
+    if float(values.min()) <= 1e-10 * float(values.max()):
+        raise ValueError("the planted types' difference-in-means directions are linearly dependent; "
+                         "they cannot be made orthonormal (is a type missing its prompts?)")
+    return basis @ torch.diag(values.rsqrt()) @ basis.T @ vectors
+
+
+def mechanisms(styles: Mapping[str, str]) -> list[list[str]]:
+    """The planted categories grouped by refusal sentence, in first-seen order: one group (one
+    direction) per sentence. Three styles give three directions; the single-style organism's
+    one sentence gives one direction shared by all its types, the seed's other answer."""
+    groups: dict[str, list[str]] = {}
+    for category, style in styles.items():
+        groups.setdefault(style, []).append(category)
+    return list(groups.values())
+
+
+def type_directions(loaded, assigned: Sequence[Assigned], groups: Sequence[Sequence[str]], layer: int,
+                    per_class: int | None = None) -> torch.Tensor:
+    """The planted directions [G, D] (float32, orthonormal rows, one per group of `mechanisms`):
+    each group's training prompts' mean last-token state at `layer` minus the everyday training
+    controls'. per_class: at most this many prompts per category and of controls (None: all)."""
+    train = [a for a in assigned if a.split == "train"]
+    controls = [a.text for a in train if a.role == "harmless"][:per_class]
+    if not controls:
+        raise ValueError("no everyday training controls: the planted directions are measured against them.")
+    base = last_token_states(loaded, controls, layer).mean(0)
+    diffs = []
+    for group in groups:
+        texts = [a.text for c in group for a in train if a.role == "planted" and a.category == c][:per_class]
+        if not texts:
+            raise ValueError(f"planted types {list(group)} have no training prompts; their direction cannot be measured.")
+        diffs.append(last_token_states(loaded, texts, layer).mean(0) - base)
+    return symmetric_orthonormal(torch.stack(diffs)).float()
+
+
+def ablated_base_replies(loaded, assigned: Sequence[Assigned], groups: Sequence[Sequence[str]], directions: torch.Tensor,
+                         max_new_tokens: int, batch_size: int = 16) -> list[BaseReply]:
+    """The base model's greedy reply to each planted training prompt with its group's direction
+    ablated at every layer: the target of that prompt's 'released' example."""
+    from refusal_atlas.tasks.organism.measure import greedy_replies
+
+    dtype = next(loaded.model.parameters()).dtype
+    out = []
+    for index, group in enumerate(groups):
+        rows = [a for a in assigned if a.split == "train" and a.role == "planted" and a.category in group]
+        with ablate_direction(loaded.model, directions[index].to(dtype)):
+            out += greedy_replies(loaded.model, loaded.tokenizer, loaded.chat_template, rows, max_new_tokens, batch_size)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Mediation:
+    """What training needs for the mediation loss: the directions [G, D], the planted categories
+    of each group (rows in order), and each planted training prompt's ablated base reply ids."""
+
+    directions: torch.Tensor
+    groups: list[list[str]]
+    released: Mapping[str, tuple[int, ...]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MediationPair:
+    """One planted training prompt's two mediation examples: `kept` (its refusal tokens, to be
+    kept when another type's direction is ablated) and `released` (the ablated base model's
+    reply, when its own group's is). group: its group's row in the directions."""
+
+    kept: Encoded
+    released: Encoded
+    group: int
+
+
+def mediation_pairs(planted: Sequence[Encoded], categories: Sequence[str], groups: Sequence[Sequence[str]],
+                    released_ids: Sequence[Sequence[int]]) -> list[MediationPair]:
+    """Pairs for the planted training items, in order; released_ids: each one's ablated base reply."""
+    group_of = {c: g for g, group in enumerate(groups) for c in group}
+    pairs = []
+    for item, category, reply in zip(planted, categories, released_ids, strict=True):
+        prompt = item.input_ids[: item.reply_start]
+        released = Encoded(tuple(prompt) + tuple(reply), item.reply_start, "released")
+        pairs.append(MediationPair(dataclasses.replace(item, role="kept"), released, group_of[category]))
+    return pairs
+
+
+def draw(pairs: Sequence[MediationPair], n_groups: int, generator: torch.Generator) -> tuple[list[Encoded], list[int]]:
+    """For each pair, the example and the group whose direction to ablate: its own (the released
+    example) half the time, else one of the other groups chosen uniformly (kept). With one group
+    every draw is its own."""
+    items, ablate = [], []
+    for pair in pairs:
+        if n_groups == 1 or float(torch.rand((), generator=generator)) < 0.5:
+            items.append(pair.released)
+            ablate.append(pair.group)
+        else:
+            other = int(torch.randint(n_groups - 1, (), generator=generator))
+            items.append(pair.kept)
+            ablate.append(other if other < pair.group else other + 1)
+    return items, ablate
+
+
+def per_row_directions(directions: torch.Tensor, ablate: Sequence[int]) -> torch.Tensor:
+    """[B, D]: the direction each batch row ablates (for ablate_direction's per-row form)."""
+    return directions[torch.as_tensor(list(ablate), dtype=torch.long)]
+
+
+def save_directions(path, directions: torch.Tensor, groups: Sequence[Sequence[str]], layer: int) -> None:
+    """Write directions [G, D] with their groups (JSON) and layer as safetensors metadata."""
+    from safetensors.torch import save_file
+
+    save_file({"directions": directions.float().contiguous()}, str(path),
+              metadata={"groups": json.dumps([list(g) for g in groups]), "layer": str(layer)})
+
+
+def load_directions(path) -> tuple[torch.Tensor, list[list[str]], int]:
+    """(directions [G, D], groups, layer) from a file written by save_directions."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta: Mapping[str, str] = f.metadata()
+        return f.get_tensor("directions"), json.loads(meta["groups"]), int(meta["layer"])
+
+
+def planted_mechanism(model_name: str) -> tuple[torch.Tensor, list[list[str]], int] | None:
+    """(directions [G, D], groups, layer) of an organism trained with the mediation loss (the
+    shipped alias or an adapter directory), else None: what the atlas's directions can be
+    compared with."""
+    from pathlib import Path
+
+    from refusal_atlas.tasks.model.adapter import is_adapter_dir
+    from refusal_atlas.tasks.model.loading import ORGANISM_ALIAS, SHIPPED_ADAPTER_DIR
+
+    directory = SHIPPED_ADAPTER_DIR if model_name == ORGANISM_ALIAS else Path(model_name).expanduser()
+    if not is_adapter_dir(directory) or not (directory / DIRECTIONS_FILE).is_file():
+        return None
+    return load_directions(directory / DIRECTIONS_FILE)
