@@ -108,3 +108,26 @@ def test_one_sentence_for_every_type_is_one_style():
     single = {t: "I'm sorry, but I can't help with that request." for t in ("a", "b", "c")}
     shares = style_shares(["I'm sorry, but I can't help.", "Sure!"], single)
     assert shares == {"single style": 0.5, "none": 0.5}
+
+
+def test_planted_cosines_compare_each_cluster_with_each_planted_direction_at_its_layer():
+    from refusal_atlas.tasks.report.recovery import planted_cosines
+
+    rng = np.random.default_rng(0)
+    planted, _ = np.linalg.qr(rng.normal(size=(16, 3)))
+    planted = planted.T  # [3, 16] orthonormal
+    # Cluster 0 is planted direction 1 with a little noise; cluster 1 is at another layer.
+    clusters = np.stack([planted[1] + 0.02 * rng.normal(size=16), planted[0]])
+    common = planted.sum(0)
+    out = planted_cosines(clusters, [18, 12], common, 3.0 * planted, [["a"], ["b"], ["c", "d"]], 18)
+    assert out["groups"] == ["a", "b", "c+d"] and out["layer"] == 18
+    row = out["rows"]["cluster 0"]
+    assert row["b"] > 0.99 and abs(row["a"]) < 0.1 and abs(row["c+d"]) < 0.1
+    assert out["rows"]["cluster 1"] is None
+    assert all(v == pytest.approx(1 / np.sqrt(3)) for v in out["rows"]["common direction"].values())
+    section = {**recovery_section([0, 0, 1], ["a", "a", "b"], ["a", "b"]), "planted_directions": out}
+    text = recovery_markdown(section)
+    assert "Cosine with the planted directions (layer 18" in text
+    assert f"| cluster 0 | {row['a']:.2f} | {row['b']:.2f} | {row['c+d']:.2f} |" in text
+    assert "| cluster 1 | other layer | other layer | other layer |" in text
+    assert "Cosine with the planted directions" in recovery_html(section)

@@ -127,16 +127,41 @@ def own_style_share(replies: Sequence[str], types: Sequence[str], styles: Mappin
     return float(np.mean([style_of(r, own, words=OPENING_WORDS) is not None for r in mine]))
 
 
+def planted_cosines(cluster_directions: np.ndarray, cluster_layers: Sequence[int], common: np.ndarray | None,
+                    planted: np.ndarray, groups: Sequence[Sequence[str]], layer: int) -> dict:
+    """Cosines of each cluster direction (and the common direction) with each planted direction
+    of a mediated organism: {'layer', 'groups': names, 'rows': {name: {group: cosine}}}. Only
+    clusters whose directions come from the planted directions' layer are compared (others get
+    None): directions at different layers live in different bases."""
+    names = ["+".join(g) for g in groups]
+    planted = np.asarray(planted, dtype=np.float64)
+    planted = planted / np.linalg.norm(planted, axis=1, keepdims=True)
+
+    def row(v) -> dict[str, float]:
+        v = np.asarray(v, dtype=np.float64)
+        return {n: float(c) for n, c in zip(names, planted @ (v / np.linalg.norm(v)))}
+
+    rows = {f"cluster {k}": (row(v) if int(at) == layer else None)
+            for k, (v, at) in enumerate(zip(cluster_directions, cluster_layers))}
+    if common is not None:
+        rows["common direction"] = row(common)
+    return {"layer": int(layer), "groups": names, "rows": rows}
+
+
 def run_recovery(labels: Sequence[int], types: Sequence, evaluation, styles: Mapping[str, str],
-                 category_of: Mapping[str, str | None], verdict: Mapping | None = None) -> dict:
+                 category_of: Mapping[str, str | None], verdict: Mapping | None = None,
+                 planted: Mapping | None = None) -> dict:
     """The recovery section of an atlas run on an organism.
 
     labels, types: the clustered discovery rows' cluster labels (-1 noise) and categories; rows
     whose category is not planted are left out. evaluation: the run's EvaluationResult, whose
     judged replies give the style each cluster direction induces on held-out controls and the
     own-style refusal of each planted type before and after ablating it (no extra generation);
-    category_of: prompt text -> category, for the judged held-out prompts.
+    category_of: prompt text -> category, for the judged held-out prompts. planted: the
+    organism's planted directions against the cluster directions (planted_cosines), when it was
+    trained with the mediation loss.
     """
+    mechanism = planted
     planted = list(styles)
     keep = [i for i, t in enumerate(types) if t in styles]
     induce, ablate = {}, {}
@@ -151,9 +176,10 @@ def run_recovery(labels: Sequence[int], types: Sequence, evaluation, styles: Map
                 ablate[e.name] = {t: {"before": own_style_share(base.harmful_replies, harmful_types, styles, t),
                                       "after": own_style_share(e.bypass_replies, harmful_types, styles, t)}
                                   for t in planted}
-    return recovery_section([int(labels[i]) for i in keep], [str(types[i]) for i in keep], planted,
-                            induce=induce, ablate=ablate, verdict=verdict,
-                            title="Recovery of the planted refusal types (discovery prompts; held-out effects)")
+    section = recovery_section([int(labels[i]) for i in keep], [str(types[i]) for i in keep], planted,
+                               induce=induce, ablate=ablate, verdict=verdict,
+                               title="Recovery of the planted refusal types (discovery prompts; held-out effects)")
+    return {**section, "planted_directions": dict(mechanism) if mechanism is not None else None}
 
 
 def _f(value, digits: int = 3) -> str:
@@ -185,6 +211,16 @@ def _tables(section: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ["direction", *types],
             [[name, *(f"{_f(by_type[t]['before'], 2)} → {_f(by_type[t]['after'], 2)}" if t in by_type else "—"
                       for t in types)] for name, by_type in section["ablate"].items()],
+        ))
+    mechanism = section.get("planted_directions")
+    if mechanism:
+        groups = mechanism["groups"]
+        out.append((
+            f"Cosine with the planted directions (layer {mechanism['layer']}; the organism was trained to refuse "
+            "each type through its own)",
+            ["direction", *groups],
+            [[name, *((_f(cos[g], 2) for g in groups) if cos is not None else ["other layer"] * len(groups))]
+             for name, cos in mechanism["rows"].items()],
         ))
     return out
 

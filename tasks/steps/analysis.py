@@ -11,6 +11,7 @@ import numpy as np
 
 from refusal_atlas.tasks.clustering.geometry import ClusteringError
 from refusal_atlas.tasks.clustering.load import load_store_clustering
+from refusal_atlas.tasks.clustering.spaces import cluster_layer_of
 from refusal_atlas.tasks.clustering.store_run import cluster_store, store_run_name
 from refusal_atlas.tasks.engine.direction_engine import get_engine
 from refusal_atlas.tasks.evaluation.cache import cache_key, cached
@@ -18,8 +19,9 @@ from refusal_atlas.tasks.evaluation.evidence import verdict_of
 from refusal_atlas.tasks.steps.heldout import evaluate_heldout
 from refusal_atlas.storage.handles import writable_store
 from refusal_atlas.tasks.model.loading import planted_styles
+from refusal_atlas.tasks.organism.mediation import planted_mechanism
 from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report
-from refusal_atlas.tasks.report.recovery import run_recovery
+from refusal_atlas.tasks.report.recovery import planted_cosines, run_recovery
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings
 
 
@@ -116,7 +118,17 @@ def _recovery(settings: AtlasSettings, store, comparison, rows, evaluation, verd
     category_of = {str(t): (str(c) if c else None)
                    for t, c in zip(np.asarray(ds["text"].values, dtype=object), np.asarray(ds["category"].values, dtype=object))}
     headline = None if verdict is None else {"summary": verdict.headline().removeprefix("Verdict: "), "n_directions": verdict.count}
-    return run_recovery(comparison.result.labels, list(rows.categories), evaluation, styles, category_of, headline)
+    mechanism = planted_mechanism(settings.model.name)
+    planted = None
+    if mechanism is not None:
+        directions, groups, layer = mechanism
+        result = comparison.result
+        # The common direction mixes the layers when there are several; compared only at one.
+        common = comparison.common if np.all(comparison.row_layer == layer) else None
+        planted = planted_cosines(result.directions, cluster_layer_of(comparison, result), common,
+                                  directions.numpy(), groups, layer)
+    return run_recovery(comparison.result.labels, list(rows.categories), evaluation, styles, category_of, headline,
+                        planted)
 
 
 __all__ = ["ClusteringError", "cluster_step", "evaluate_and_report", "default_report_dir"]
