@@ -22,18 +22,18 @@ from tests.planted_specificity_support import CAR, LAYER, SEA, planted_specifici
 FAST = EvalSettings(n_random=3, n_random_generate=1, n_subsets=20, n_generate=2, max_new_tokens=2, batch_size=16)
 
 
-def _evaluate(two: bool):
+def _evaluate(two: bool, settings: EvalSettings = FAST):
     """Discovery: the first 6 prompts of each set make the cluster directions; held out: the rest."""
     engine, u = planted_specificity_engine(two)
     discovery = SEA[:6] + CAR[:6]
     directions = np.stack([r.direction[0] for r in engine.compute_many(discovery)])
     clusters = np.stack([directions[:6].mean(axis=0), directions[6:].mean(axis=0)])
     common = directions.mean(axis=0)
-    candidates = build_candidates(clusters, [LAYER, LAYER], None, FAST.n_random, FAST.seed, common=common,
-                                  subset_pool=directions, cluster_sizes=[6, 6], n_subsets=FAST.n_subsets,
-                                  n_random_generate=FAST.n_random_generate)
+    candidates = build_candidates(clusters, [LAYER, LAYER], None, settings.n_random, settings.seed, common=common,
+                                  subset_pool=directions, cluster_sizes=[6, 6], n_subsets=settings.n_subsets,
+                                  n_random_generate=settings.n_random_generate)
     held = SEA[6:] + CAR[6:]
-    return evaluate_directions(engine, candidates, held, held, [SEA[6:], CAR[6:]], FAST), u
+    return evaluate_directions(engine, candidates, held, held, [SEA[6:], CAR[6:]], settings), u
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,20 @@ def test_two_planted_directions_give_a_verdict_of_two(two_planted):
     judged = [e for e in two_planted.effects if e.n_judged]
     assert {e.kind for e in judged} == {"cluster", "common", "random"} and len(two_planted.of_kind("random")) == 3
     assert sum(e.kind == "random" for e in judged) == 1
+
+
+def test_bypass_is_compared_on_each_clusters_own_prompts_so_the_log_odds_agree(two_planted):
+    """Criterion 4's bypass reads each cluster's own held-out prompts, with the subsets ablated
+    there too. Averaged over both sets' prompts, the log-odds (which add up) tied the cluster
+    directions with the common direction and the verdict was "inconclusive"; on their own
+    prompts each cluster direction does more, on either scale."""
+    rows = [c for c in verdict_of(two_planted, _significance(2)).criteria if "beats the common direction" in c.name]
+    assert len(rows) == 2 and all("bypass (own prompts): minus common" in c.figure for c in rows)
+    assert all(len(means) == 20 for means in two_planted.specificity.subset_means)
+    assert all(not e.bypass_df_prompts for e in two_planted.of_kind("subset"))  # not scored on mixed prompts
+    on_log_odds, _ = _evaluate(two=True, settings=FAST.model_copy(update={"effect_scale": "log_odds"}))
+    verdict = verdict_of(on_log_odds, _significance(2))
+    assert verdict.kind == "several" and verdict.count == 2, verdict.headline()
 
 
 def test_the_evaluation_cache_gives_back_what_it_stored(two_planted, tmp_path):

@@ -68,7 +68,7 @@ def loads(text: str) -> EvaluationResult:
         spec = Specificity(np.array(spec["matrix"], dtype=np.float64), spec["rows"], spec["columns"], spec["n_prompts"],
                            None if spec["prompt_effects"] is None else np.array(spec["prompt_effects"], dtype=np.float64),
                            None if spec["prompt_cluster"] is None else np.array(spec["prompt_cluster"], dtype=np.int64),
-                           spec.get("scale", "f"))
+                           spec.get("scale", "f"), spec.get("subset_means"))
     return EvaluationResult(EvalSettings(**data["settings"]), BaseMeasures(**base), effects, spec,
                             {int(k): float(v) for k, v in data["scales"].items()})
 

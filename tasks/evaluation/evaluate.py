@@ -169,7 +169,9 @@ def evaluate_directions(
             ablate = run.ablator(c)
             ind = induce[c.layer](c, scales[c.layer])
             gen = c.generate and s.n_generate > 0
-            full = gen or c.kind in ("cluster", "common", "baseline") or s.controls_bypass
+            # Subsets are ablated on their own cluster's held-out prompts only, in the specificity
+            # pass (the verdict compares bypass there); the random controls on all of them.
+            full = gen or c.kind in ("cluster", "common", "baseline") or (s.controls_bypass and c.kind != "subset")
             byp = run.score(harmful_r, layers[0], ablate) if full else None
             kl = run.kl(forced, ablate) if full and c.kind != "subset" else np.full(len(harmless_r), np.nan)
             effects.append(_effect(c, scales[c.layer], s, base_less[c.layer], ind, base_ful, byp, kl,

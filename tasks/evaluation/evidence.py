@@ -54,7 +54,27 @@ def common_at(result: EvaluationResult, layer: int) -> DirectionEffect | None:
     return next((e for e in commons if e.layer == layer), commons[0] if commons else None)
 
 
+def own_bypass(result: EvaluationResult, k: int, common_name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cluster k's and the common direction's fall on k's own held-out prompts [n_own] each
+    (the specificity pass's rows, on the evaluation's scale), or None where not measured."""
+    spec = result.specificity
+    if spec is None or spec.prompt_effects is None or spec.prompt_cluster is None:
+        return None
+    own = spec.prompt_cluster == k
+    if f"cluster {k}" not in spec.rows or common_name not in spec.rows or not own.any():
+        return None
+    effects = spec.prompt_effects
+    return effects[spec.rows.index(f"cluster {k}")][own], effects[spec.rows.index(common_name)][own]
+
+
 def cluster_evidence(result: EvaluationResult, k: int, seed: int = 0) -> ClusterEvidence:
+    """Criterion 4's measures for cluster k. Induce: on the held-out harmless prompts, against
+    the common direction (paired) and the size-matched subsets. Bypass: on the cluster's OWN
+    held-out prompts (the specificity pass), against the common direction on the same prompts
+    and the subsets ablated there. Averaged over every held-out harmful prompt instead, a
+    cluster direction that removes all of its own prompts' refusal ties with a common direction
+    that removes part of everyone's (on the log-odds, which adds up, exactly so); where no
+    specificity was measured, bypass falls back to those mixed prompts."""
     cluster = next(e for e in result.of_kind("cluster") if e.cluster == k)
     common = common_at(result, cluster.layer)
     subsets = [e for e in result.of_kind("subset") if e.cluster == k]
@@ -63,6 +83,13 @@ def cluster_evidence(result: EvaluationResult, k: int, seed: int = 0) -> Cluster
     for measure in MEASURES:
         mine = signed(cluster, measure, scale)
         if common is None or mine.size == 0:
+            continue
+        own = own_bypass(result, k, common.name) if measure == "bypass" else None
+        if own is not None:
+            means = (result.specificity.subset_means or [[]] * (k + 1))[k]
+            vs_common = bootstrap_difference(own[0], own[1], paired=True, seed=seed)
+            share = share_beaten(float(own[0].mean()), means) if means else 0.0
+            measures.append(MeasureEvidence("bypass (own prompts)", vs_common, share, len(means)))
             continue
         vs_common = bootstrap_difference(mine, signed(common, measure, scale), paired=True, seed=seed)
         # Subsets scored on this measure only (EvalSettings.controls_bypass=False scores them by

@@ -56,11 +56,13 @@ class EvalSettings(StrictSettings):
     controls_bypass: bool = Field(
         True,
         description=(
-            "Score the f-only controls (size-matched subsets, and the random directions without "
-            "replies) by bypass and side-effect KL as well as by induce. Induce runs only the layers "
-            "above a direction's layer; bypass and KL are full passes with hooks at every layer, the "
-            "dearest part of the evaluation on a CPU. Off: those controls are scored by induce only, "
-            "and the verdict's subset criterion reads induce alone (bypass then shows no subset null)."
+            "Score the f-only controls by bypass as well as by induce: the size-matched subsets on "
+            "their cluster's own held-out prompts (the verdict's bypass criterion), the random "
+            "directions without replies on all held-out harmful prompts and by side-effect KL. Induce "
+            "runs only the layers above a direction's layer; bypass and KL are full passes with hooks "
+            "at every layer, the dearest part of the evaluation on a CPU. Off: those controls are "
+            "scored by induce only, and the verdict's subset criterion reads induce alone (bypass then "
+            "shows no subset null)."
         ),
     )
     n_harmless: int = Field(

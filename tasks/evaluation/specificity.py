@@ -43,6 +43,10 @@ class Specificity:
     prompt_effects: np.ndarray | None = field(default=None, repr=False)
     prompt_cluster: np.ndarray | None = field(default=None, repr=False)
     scale: str = "f"
+    # Per cluster k, the mean fall on k's own held-out prompts when each of k's size-matched
+    # subset means is ablated: the null of the verdict's bypass criterion (empty lists when the
+    # subsets were not scored, EvalSettings.controls_bypass off).
+    subset_means: list[list[float]] | None = field(default=None, repr=False)
 
 
 def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[Sequence[str]],
@@ -50,7 +54,9 @@ def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[
     """Rows: each cluster direction, the common direction(s), the baseline(s) and the mean over
     random controls per layer; columns: the clusters' held-out prompts (at most n_specificity
     each; a cluster without held-out prompts gets a NaN column, and None comes back when no
-    cluster has any). run: a measures.MeasureRun (its model lock held by the caller)."""
+    cluster has any). With controls_bypass, also each cluster's size-matched subset means
+    ablated on its own prompts (subset_means). run: a measures.MeasureRun (its model lock held
+    by the caller)."""
     per_cluster = [list(texts[: run.s.n_specificity]) for texts in members]
     if not any(per_cluster):
         return None
@@ -80,8 +86,21 @@ def measure_specificity(run, candidates: Sequence[Candidate], members: Sequence[
     k = len(per_cluster)
     matrix = np.array([[r[cluster_of == j].mean() if (cluster_of == j).any() else np.nan for j in range(k)]
                        for r in effects])
+    subset_means: list[list[float]] = [[] for _ in range(k)]
+    if run.s.controls_bypass:
+        # Each subset mean only on its own cluster's prompts: that is where the verdict compares a
+        # cluster direction's bypass with the common direction's and with same-size groups'.
+        for j in range(k):
+            own = np.flatnonzero(cluster_of == j)
+            if own.size == 0:
+                continue
+            rendered = [flat[i] for i in own]
+            for c in candidates:
+                if c.kind == "subset" and c.cluster == j:
+                    after = getattr(run.score(rendered, layer, run.ablator(c)), scale)
+                    subset_means[j].append(float((base[own] - after).mean()))
     return Specificity(matrix, names, [f"cluster {j}" for j in range(k)], [len(g) for g in per_cluster],
-                       effects, cluster_of, scale)
+                       effects, cluster_of, scale, subset_means)
 
 
 def specificity_index(spec: Specificity, k: int, seed: int = 0) -> Estimate:

@@ -15,10 +15,11 @@ A cluster counts as a supported direction only if all four hold:
    between the cluster and its best-matching bootstrap cluster is at least 0.6 (Hennig 2007).
 3. Specific. On held-out prompts, the specificity index (the cluster direction's effect on its
    own cluster's prompts minus its effect elsewhere) has an interval whose lower end is above 0.
-4. More than a shared direction. On held-out induce or on held-out bypass, the cluster
-   direction's effect minus the common direction's (normalised mean of all directions) has an
-   interval whose lower end is above 0, and the cluster direction's effect beats at least 95% of
-   the effects of means of random prompt subsets of the cluster's size.
+4. More than a shared direction. On held-out induce (harmless prompts) or on held-out bypass
+   on the cluster's own prompts, the cluster direction's effect minus the common direction's
+   (normalised mean of all directions) on the same prompts has an interval whose lower end is
+   above 0, and the cluster direction's effect beats at least 95% of the effects of means of
+   random prompt subsets of the cluster's size on the same prompts.
 
 Then:
 
