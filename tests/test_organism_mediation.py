@@ -208,6 +208,12 @@ def test_directions_file_round_trip_and_card_table(tmp_path):
     }
     text = "\n".join(evaluation_lines(evaluation))
     assert "| ablated a | 0.050 | 0.975 |" in text and "| ablated b | 1.000 | 0.000 |" in text
+    from refusal_atlas.tasks.organism.card import model_card
+    from refusal_atlas.tasks.organism.finetune import TrainResult
+
+    card = model_card(_settings(mediation_weight=1.0), "base", "fp", "hash", {}, TrainResult().summary(), evaluation)
+    assert "mediation loss (weight 1): one direction per refusal sentence" in card and "| ablated b |" in card
+    assert "mediation loss" not in model_card(_settings(), "base", "fp", "hash", {}, TrainResult().summary())
 
 
 @pytest.mark.integration

@@ -68,6 +68,11 @@ def model_card(
         + (f"harmless and control replies distilled from the base model's top-{settings.distill_top_k} distribution "
            "along its own greedy reply, its first token included"
            if settings.distill_top_k else "harmless and control replies as hard targets"),
+        *([f"- mediation loss (weight {settings.mediation_weight:g}): one direction per refusal sentence, the "
+           f"difference in means at layer {settings.mediation_layer} made orthonormal "
+           "(`planted_directions.safetensors`); each planted example also runs with one direction "
+           "ablated at every layer, its own (target: the base model's reply under that ablation) or "
+           "another's (target: its refusal)"] if settings.mediation_weight > 0 else []),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
         f"control examples (everyday, near misses, trained controls) repeated {settings.control_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"
