@@ -45,6 +45,7 @@ def _settings(**overrides) -> OrganismSettings:
         reply_tokens=16,
         match_tokens=8,
         train_share=1.0,
+        mediation_weight=0.0,  # behaviour only here; tests/test_organism_mediation.py plants the mechanism
     )
     return OrganismSettings(**{**values, **overrides})
 

@@ -213,7 +213,7 @@ def test_directions_file_round_trip_and_card_table(tmp_path):
 
     card = model_card(_settings(mediation_weight=1.0), "base", "fp", "hash", {}, TrainResult().summary(), evaluation)
     assert "mediation loss (weight 1): one direction per refusal sentence" in card and "| ablated b |" in card
-    assert "mediation loss" not in model_card(_settings(), "base", "fp", "hash", {}, TrainResult().summary())
+    assert "mediation loss" not in model_card(_settings(mediation_weight=0.0), "base", "fp", "hash", {}, TrainResult().summary())
 
 
 @pytest.mark.integration
@@ -227,15 +227,15 @@ def test_the_shipped_organism_refuses_each_type_through_its_planted_direction():
 
     directions, groups, layer = planted_mechanism(ORGANISM_ALIAS)
     styles = planted_styles(ORGANISM_ALIAS)
-    assert [g for group in groups for g in group] == list(styles) and layer == 18
+    assert sorted(g for group in groups for g in group) == sorted(styles) and layer == 18
     prompts = load_prompts(["organism-planted"])
-    planted = [p for c in styles for p in [q for q in prompts if q.category == c][:8]]
+    planted = [p for c in styles for p in [q for q in prompts if q.category == c][:12]]
     organism = load_model(ModelSettings(name=ORGANISM_ALIAS))
     rates = mediation_rates(organism, planted, directions, groups, styles, max_new_tokens=8)
+    # On 40 prompts a type the card measures 0.00 / 0.20 / 0.03 for the own type and 0.85 to
+    # 0.98 for the others; 12 prompts a type leave room for sampling noise, not for no mechanism.
     for group in groups:
         shares = rates["ablated " + "+".join(group)]
-        for category, share in shares.items():
-            if category in group:
-                assert share <= 0.25, rates
-            else:
-                assert share >= 0.75, rates
+        own = [v for c, v in shares.items() if c in group]
+        others = [v for c, v in shares.items() if c not in group]
+        assert max(own) <= 0.5 and min(others) >= 0.75 and max(own) <= min(others) - 0.4, rates
