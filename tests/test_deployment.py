@@ -72,6 +72,20 @@ def test_prefect_yaml_parameters_are_valid_settings():
     assert settings.store and "://" not in settings.store, "a local store path, relative to the project root"
 
 
+def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
+    """deployments/demo.json (what `make demo` runs) and deployments/recovery.json (the same with
+    the size-matched subsets also scored by bypass) must load as AtlasSettings."""
+    import json
+
+    from refusal_atlas.tasks.settings import AtlasSettings
+
+    demo, recovery = (json.loads((ROOT / "deployments" / name).read_text()) for name in ("demo.json", "recovery.json"))
+    AtlasSettings.model_validate(demo)
+    settings = AtlasSettings.model_validate(recovery)
+    assert settings.evaluation.controls_bypass and not AtlasSettings.model_validate(demo).evaluation.controls_bypass
+    assert {k: v for k, v in recovery.items() if k != "evaluation"} == {k: v for k, v in demo.items() if k != "evaluation"}
+
+
 def test_prefect_yaml_schedule_pool_and_pull_step():
     from prefect.schedules import Cron
 
