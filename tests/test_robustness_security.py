@@ -123,7 +123,7 @@ def test_every_prefect_task_persists_its_result_as_json(prefect_harness, tiny_mo
     from refusal_atlas.tasks.organism import pipeline as organism
 
     organism_tasks = {name: obj for name, obj in vars(organism).items() if isinstance(obj, Task)}
-    assert len(organism_tasks) == 7, sorted(organism_tasks)
+    assert len(organism_tasks) == 8, sorted(organism_tasks)  # plant_directions is the eighth
     for name, task in organism_tasks.items():
         assert task.result_serializer == "json", f"organism's {name} persists with {task.result_serializer!r}"
 
