@@ -52,12 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     import torch
 
-    from refusal_atlas.tasks.model.adapter import is_adapter_dir
     from refusal_atlas.tasks.model.hooks import ablate_direction
-    from refusal_atlas.tasks.model.loading import ORGANISM_ALIAS, SHIPPED_ADAPTER_DIR, load_model, planted_styles
+    from refusal_atlas.tasks.model.loading import load_model, planted_styles
     from refusal_atlas.tasks.organism.data import assign
     from refusal_atlas.tasks.organism.measure import planted_refusal_rates
-    from refusal_atlas.tasks.organism.mediation import DIRECTIONS_FILE, last_token_states, load_directions
+    from refusal_atlas.tasks.organism.mediation import last_token_states, planted_mechanism
     from refusal_atlas.tasks.organism.settings import OrganismSettings
     from refusal_atlas.tasks.prompts.records import load_prompts
     from refusal_atlas.tasks.settings import ModelSettings
@@ -86,9 +85,9 @@ def main(argv=None) -> int:
         directions[t] = means[t] - base
         directions[f"{t} only"] = directions[t] - (directions[t] @ unit) * unit
     # A mediated organism ships the directions it was trained to route each refusal through.
-    directory = SHIPPED_ADAPTER_DIR if args.model == ORGANISM_ALIAS else Path(args.model)
-    if is_adapter_dir(directory) and (directory / DIRECTIONS_FILE).is_file():
-        planted_directions, groups, _ = load_directions(directory / DIRECTIONS_FILE)
+    mechanism = planted_mechanism(args.model)
+    if mechanism is not None:
+        planted_directions, groups, _ = mechanism
         for row, group in zip(planted_directions, groups):
             directions["planted " + "+".join(group)] = row.double()
     names = list(directions)

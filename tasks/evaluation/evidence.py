@@ -86,7 +86,7 @@ def cluster_evidence(result: EvaluationResult, k: int, seed: int = 0) -> Cluster
             continue
         own = own_bypass(result, k, common.name) if measure == "bypass" else None
         if own is not None:
-            means = (result.specificity.subset_means or [[]] * (k + 1))[k]
+            means = result.specificity.subset_means[k] if result.specificity.subset_means else []
             vs_common = bootstrap_difference(own[0], own[1], paired=True, seed=seed)
             share = share_beaten(float(own[0].mean()), means) if means else 0.0
             measures.append(MeasureEvidence("bypass (own prompts)", vs_common, share, len(means)))

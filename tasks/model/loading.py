@@ -122,12 +122,19 @@ def resolve_source(settings: ModelSettings) -> ModelSource:
     return ModelSource(name, settings.gguf_file, name, False)
 
 
+def organism_dir(name: str) -> Path | None:
+    """The adapter directory of a refusal model organism (the shipped alias or a directory built
+    by `refusal-atlas organism`), or None when `name` is not one."""
+    directory = SHIPPED_ADAPTER_DIR if name == ORGANISM_ALIAS else Path(name).expanduser()
+    return directory if is_adapter_dir(directory) else None
+
+
 def planted_styles(name: str) -> dict[str, str] | None:
     """{planted category: refusal sentence} of a refusal model organism (the shipped alias or an
     adapter directory built by `refusal-atlas organism`), read from its adapter's config; None
     for any other model. The report's recovery section is shown when this is not None."""
-    directory = SHIPPED_ADAPTER_DIR if name == ORGANISM_ALIAS else Path(name).expanduser()
-    if not is_adapter_dir(directory):
+    directory = organism_dir(name)
+    if directory is None:
         return None
     styles = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("styles")
     return {str(k): str(v) for k, v in styles.items()} if styles else None

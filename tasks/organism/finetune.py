@@ -171,8 +171,8 @@ def train_lora(
             result.steps += 1
             result.examples_seen += len(items)
             result.losses.append(float(loss.detach()))
-            for item, loss in zip(items, losses.tolist()):
-                role_sums.setdefault(item.role, []).append(loss)
+            for item, value in zip(items, losses.tolist()):
+                role_sums.setdefault(item.role, []).append(value)
             if result.steps % 20 == 0:
                 log(f"step {result.steps}/{total}: loss {result.losses[-1]:.4f} ({time.monotonic() - start:.0f} s)")
             if time.monotonic() - start > settings.max_minutes * 60:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from refusal_atlas.tasks.model.chat import render_text
+from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.evaluation.judge import judge
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply, style_of
 from refusal_atlas.tasks.organism.losses import Encoded, reply_log_probs
@@ -277,8 +278,6 @@ def mediation_rates(loaded, planted: Sequence, directions: torch.Tensor, groups:
     (objects with .id, .text, .category) refused in the type's own style (its first three
     words). {"ablated <group>": {type: share}}; a mechanism planted as asked gives a share near
     0 for g's own types and near the unablated share for the others."""
-    from refusal_atlas.tasks.model.hooks import ablate_direction
-
     dtype = next(loaded.model.parameters()).dtype
     out = {}
     for g, group in enumerate(groups):

@@ -33,6 +33,7 @@ from refusal_atlas.tasks.model.chat import render_text
 from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply
 from refusal_atlas.tasks.organism.losses import Encoded
+from refusal_atlas.tasks.organism.measure import greedy_replies
 
 #: File beside the adapter holding the planted directions [G, D] (safetensors; metadata: the
 #: planted categories of each row's group, and the layer).
@@ -106,8 +107,6 @@ def ablated_base_replies(loaded, assigned: Sequence[Assigned], groups: Sequence[
                          max_new_tokens: int, batch_size: int = 16) -> list[BaseReply]:
     """The base model's greedy reply to each planted training prompt with its group's direction
     ablated at every layer: the target of that prompt's 'released' example."""
-    from refusal_atlas.tasks.organism.measure import greedy_replies
-
     dtype = next(loaded.model.parameters()).dtype
     out = []
     for index, group in enumerate(groups):
@@ -192,12 +191,9 @@ def planted_mechanism(model_name: str) -> tuple[torch.Tensor, list[list[str]], i
     """(directions [G, D], groups, layer) of an organism trained with the mediation loss (the
     shipped alias or an adapter directory), else None: what the atlas's directions can be
     compared with."""
-    from pathlib import Path
+    from refusal_atlas.tasks.model.loading import organism_dir
 
-    from refusal_atlas.tasks.model.adapter import is_adapter_dir
-    from refusal_atlas.tasks.model.loading import ORGANISM_ALIAS, SHIPPED_ADAPTER_DIR
-
-    directory = SHIPPED_ADAPTER_DIR if model_name == ORGANISM_ALIAS else Path(model_name).expanduser()
-    if not is_adapter_dir(directory) or not (directory / DIRECTIONS_FILE).is_file():
+    directory = organism_dir(model_name)
+    if directory is None or not (directory / DIRECTIONS_FILE).is_file():
         return None
     return load_directions(directory / DIRECTIONS_FILE)

@@ -150,18 +150,17 @@ def planted_cosines(cluster_directions: np.ndarray, cluster_layers: Sequence[int
 
 def run_recovery(labels: Sequence[int], types: Sequence, evaluation, styles: Mapping[str, str],
                  category_of: Mapping[str, str | None], verdict: Mapping | None = None,
-                 planted: Mapping | None = None) -> dict:
+                 mechanism: Mapping | None = None) -> dict:
     """The recovery section of an atlas run on an organism.
 
     labels, types: the clustered discovery rows' cluster labels (-1 noise) and categories; rows
     whose category is not planted are left out. evaluation: the run's EvaluationResult, whose
     judged replies give the style each cluster direction induces on held-out controls and the
     own-style refusal of each planted type before and after ablating it (no extra generation);
-    category_of: prompt text -> category, for the judged held-out prompts. planted: the
+    category_of: prompt text -> category, for the judged held-out prompts. mechanism: the
     organism's planted directions against the cluster directions (planted_cosines), when it was
     trained with the mediation loss.
     """
-    mechanism = planted
     planted = list(styles)
     keep = [i for i, t in enumerate(types) if t in styles]
     induce, ablate = {}, {}
