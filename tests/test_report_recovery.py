@@ -72,7 +72,10 @@ def _evaluation(harmless_replies, harmful_prompts, harmful_replies, effects):
 
     base = SimpleNamespace(harmless_replies=tuple(harmless_replies), harmful_prompts=tuple(harmful_prompts),
                            harmful_replies=tuple(harmful_replies))
-    return SimpleNamespace(base=base, of_kind=lambda kind: effects if kind == "cluster" else [])
+    from refusal_atlas.tasks.evaluation.settings import EvalSettings
+
+    return SimpleNamespace(base=base, of_kind=lambda kind: effects if kind == "cluster" else [],
+                           settings=EvalSettings(cluster_vector="diff_in_means"))
 
 
 def test_run_recovery_reads_styles_off_the_judged_replies():
@@ -100,6 +103,7 @@ def test_run_recovery_reads_styles_off_the_judged_replies():
     assert section["ablate"]["cluster 0"]["medical_advice"] == {"before": 1.0, "after": 0.0}
     assert section["ablate"]["cluster 1"]["legal_advice"] == {"before": 0.5, "after": 0.5}
     assert "2 directions" in recovery_markdown(section)
+    assert "evaluated through its members' mean h_0 minus" in recovery_markdown(section)
 
 
 def test_one_sentence_for_every_type_is_one_style():

@@ -8,7 +8,9 @@ every cluster direction is measured beside:
 - size-matched random-subset means: the normalised mean of n clustered discovery directions
   drawn at random, n the cluster's size (`n_subsets` per cluster). Any mean of Option 1
   directions acts, and a small mean points elsewhere than a large one; this is the null for
-  "this cluster is special";
+  "this cluster is special". (With `EvalSettings.cluster_vector = 'diff_in_means'` the cluster,
+  the common direction and the subsets are all differences in means instead: tasks.steps.
+  cluster_vectors builds them, this module only averages what it is given);
 - the difference in means (Arditi et al.), the published single-direction baseline;
 - random unit directions (`n_random` per layer): what any vector of that norm does.
 
@@ -58,13 +60,15 @@ def build_candidates(
     cluster_sizes: Sequence[int] = (),
     n_subsets: int = 0,
     n_random_generate: int | None = None,
+    unit_pool: bool = True,
 ) -> list[Candidate]:
     """Cluster directions [K, D] at their layers, then per layer: the common direction (when
     given, [D]), the baseline ({layer: vector}, when given), n_subsets size-matched subset means
     per cluster (from subset_pool [n, D], the clustered discovery directions, with the clusters'
     sizes), and n_random seeded random unit directions. Without clusters the controls go to
     default_layers, so a clustering that found nothing still gets its baseline measured.
-    n_random_generate: how many randoms per layer get replies (None: all)."""
+    n_random_generate: how many randoms per layer get replies (None: all); unit_pool: whether
+    subset_pool's rows are normalised before a subset is averaged (subset_candidates)."""
     clusters = [Candidate(f"cluster {k}", "cluster", int(layer), _unit(v), k)
                 for k, (v, layer) in enumerate(zip(cluster_directions, cluster_layers))]
     layers = sorted({c.layer for c in clusters}) or sorted({int(layer) for layer in default_layers})
@@ -78,7 +82,7 @@ def build_candidates(
         out += [Candidate(_at("diff-in-means", layer, layers), "baseline", layer, _unit(baseline[layer]))
                 for layer in layers]
     if n_subsets and subset_pool is not None:
-        out += subset_candidates(subset_pool, clusters, cluster_sizes, n_subsets, seed)
+        out += subset_candidates(subset_pool, clusters, cluster_sizes, n_subsets, seed, unit_pool)
     rng = np.random.default_rng(seed)
     dim = np.asarray(cluster_directions).shape[1] if len(cluster_directions) else np.asarray(common).shape[-1]
     judged = n_random if n_random_generate is None else n_random_generate
@@ -90,12 +94,14 @@ def build_candidates(
 
 
 def subset_candidates(pool: np.ndarray, clusters: Sequence[Candidate], sizes: Sequence[int], n_subsets: int,
-                      seed: int) -> list[Candidate]:
-    """n_subsets means of random rows of pool [n, D] per cluster, each of the cluster's size.
+                      seed: int, unit_pool: bool = True) -> list[Candidate]:
+    """n_subsets means of random rows of pool [n, D] per cluster, each of the cluster's size, the
+    rows normalised first when unit_pool (so each is built as its cluster's vector is).
 
     One generator per (seed, cluster), so a cluster's subsets do not change when another
     cluster is added or removed."""
-    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    pool = np.asarray(pool, dtype=np.float64)
+    unit = pool / np.linalg.norm(pool, axis=1, keepdims=True) if unit_pool else pool
     out = []
     for c, size in zip(clusters, sizes):
         rng = np.random.default_rng([seed, 1_000 + int(c.cluster)])

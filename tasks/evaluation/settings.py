@@ -53,6 +53,17 @@ class EvalSettings(StrictSettings):
             "(docs/METHOD.md, 'The verdict'). The other scale's means are reported beside."
         ),
     )
+    cluster_vector: Literal["gradient_mean", "diff_in_means"] = Field(
+        "gradient_mean",
+        description=(
+            "The vector each cluster is evaluated through. 'gradient_mean': the normalised mean of its "
+            "members' Option 1 directions (the design's cluster direction). 'diff_in_means': its "
+            "members' mean h_0 minus the discovery harmless prompts' mean h_0 at the same layer (a "
+            "difference in means per cluster). The common direction and the size-matched subset "
+            "means are built the same way, so the verdict compares like with like; the clusters "
+            "themselves do not change."
+        ),
+    )
     controls_bypass: bool = Field(
         True,
         description=(

@@ -128,11 +128,12 @@ def own_style_share(replies: Sequence[str], types: Sequence[str], styles: Mappin
 
 
 def planted_cosines(cluster_directions: np.ndarray, cluster_layers: Sequence[int], common: np.ndarray | None,
-                    planted: np.ndarray, groups: Sequence[Sequence[str]], layer: int) -> dict:
+                    planted: np.ndarray, groups: Sequence[Sequence[str]], layer: int, suffix: str = "") -> dict:
     """Cosines of each cluster direction (and the common direction) with each planted direction
     of a mediated organism: {'layer', 'groups': names, 'rows': {name: {group: cosine}}}. Only
     clusters whose directions come from the planted directions' layer are compared (others get
-    None): directions at different layers live in different bases."""
+    None): directions at different layers live in different bases. suffix: appended to each row's
+    name, to tell one kind of cluster vector from another in a merged table."""
     names = ["+".join(g) for g in groups]
     planted = np.asarray(planted, dtype=np.float64)
     planted = planted / np.linalg.norm(planted, axis=1, keepdims=True)
@@ -141,10 +142,10 @@ def planted_cosines(cluster_directions: np.ndarray, cluster_layers: Sequence[int
         v = np.asarray(v, dtype=np.float64)
         return {n: float(c) for n, c in zip(names, planted @ (v / np.linalg.norm(v)))}
 
-    rows = {f"cluster {k}": (row(v) if int(at) == layer else None)
+    rows = {f"cluster {k}{suffix}": (row(v) if int(at) == layer else None)
             for k, (v, at) in enumerate(zip(cluster_directions, cluster_layers))}
     if common is not None:
-        rows["common direction"] = row(common)
+        rows[f"common direction{suffix}"] = row(common)
     return {"layer": int(layer), "groups": names, "rows": rows}
 
 
@@ -178,7 +179,9 @@ def run_recovery(labels: Sequence[int], types: Sequence, evaluation, styles: Map
     section = recovery_section([int(labels[i]) for i in keep], [str(types[i]) for i in keep], planted,
                                induce=induce, ablate=ablate, verdict=verdict,
                                title="Recovery of the planted refusal types (discovery prompts; held-out effects)")
-    return {**section, "planted_directions": dict(mechanism) if mechanism is not None else None}
+    vector = None if evaluation is None else evaluation.settings.cluster_vector
+    return {**section, "planted_directions": dict(mechanism) if mechanism is not None else None,
+            "cluster_vector": vector}
 
 
 def _f(value, digits: int = 3) -> str:
@@ -224,6 +227,12 @@ def _tables(section: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+CLUSTER_VECTORS = {
+    "gradient_mean": "the normalised mean of its members' Option 1 directions",
+    "diff_in_means": "its members' mean h_0 minus the discovery harmless prompts' mean (a difference in means)",
+}
+
+
 def _summary(section: dict) -> list[str]:
     a = section["agreement"]
     lines = [
@@ -232,6 +241,10 @@ def _summary(section: dict) -> list[str]:
         f"ARI {_f(a['ari'])}, NMI {_f(a['nmi'])} against the planted types (noise as one group); on the "
         f"{a['n_clustered']} clustered prompts ARI {_f(a['ari_clustered'])}, NMI {_f(a['nmi_clustered'])}.",
     ]
+    vector = section.get("cluster_vector")
+    if vector is not None:
+        lines.append(f"Each cluster is evaluated through {CLUSTER_VECTORS.get(vector, vector)} "
+                     f"(evaluation.cluster_vector = {vector}); its controls are built the same way.")
     verdict = section["verdict"]
     if verdict is not None:
         counted = f" ({verdict['n_directions']} directions)" if verdict.get("n_directions") is not None else ""

@@ -22,6 +22,7 @@ from refusal_atlas.tasks.model.loading import planted_styles
 from refusal_atlas.tasks.organism.mediation import planted_mechanism
 from refusal_atlas.tasks.report.build import ReportInputs, build_report, write_report
 from refusal_atlas.tasks.report.recovery import planted_cosines, run_recovery
+from refusal_atlas.tasks.steps.cluster_vectors import cluster_vectors, discovery_harmless_means
 from refusal_atlas.tasks.settings import AtlasSettings, ClusterSettings
 
 
@@ -83,7 +84,7 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
                                      get_engine(settings.model, settings.directions, settings.engine)),
         )
     verdict = verdict_of(evaluation, clustering.significance)
-    recovery = _recovery(settings, store, comparison, rows, evaluation, verdict)
+    recovery = _recovery(settings, store, clustering, evaluation, verdict)
     best = store.read_rows(rows.store_rows, ("best_layer",))["best_layer"]
     details = {
         "store": store.uri,
@@ -108,12 +109,13 @@ def evaluate_and_report(settings: AtlasSettings, store_uri: str, store_uuid: str
     }
 
 
-def _recovery(settings: AtlasSettings, store, comparison, rows, evaluation, verdict) -> dict | None:
+def _recovery(settings: AtlasSettings, store, clustering, evaluation, verdict) -> dict | None:
     """The recovery section when the model is a refusal model organism (its planted styles are
     known), else None."""
     styles = planted_styles(settings.model.name)
     if styles is None:
         return None
+    comparison, rows = clustering.comparison, clustering.rows
     ds = store.to_xarray(done_only=True)
     category_of = {str(t): (str(c) if c else None)
                    for t, c in zip(np.asarray(ds["text"].values, dtype=object), np.asarray(ds["category"].values, dtype=object))}
@@ -125,8 +127,17 @@ def _recovery(settings: AtlasSettings, store, comparison, rows, evaluation, verd
         result = comparison.result
         # The common direction mixes the layers when there are several; compared only at one.
         common = comparison.common if np.all(comparison.row_layer == layer) else None
-        planted = planted_cosines(result.directions, cluster_layer_of(comparison, result), common,
-                                  directions.numpy(), groups, layer)
+        at = cluster_layer_of(comparison, result)
+        planted = planted_cosines(result.directions, at, common, directions.numpy(), groups, layer,
+                                  suffix=" (Option 1 mean)")
+        # The same clusters through their difference in means (evaluation.cluster_vector's other
+        # choice), whichever the evaluation used: the two can point very differently.
+        means = discovery_harmless_means(store, clustering)
+        if means:
+            dim = cluster_vectors("diff_in_means", store, clustering, means)
+            by_dim = planted_cosines(dim.directions, at, dim.common if common is not None else None,
+                                     directions.numpy(), groups, layer, suffix=" (difference in means)")
+            planted["rows"].update(by_dim["rows"])
     return run_recovery(comparison.result.labels, list(rows.categories), evaluation, styles, category_of, headline,
                         planted)
 

@@ -5,7 +5,8 @@ on the held-out side of the run's split (tasks.evaluation.split); the ones with 
 label are assigned to the discovery clusters with HDBSCAN's prediction data (approximate_predict
 on the refitted clusterer, through the run's own common direction and PCA basis), never by
 refitting. The difference in means is recomputed from the discovery rows' h_0 only, so no
-held-out prompt shapes any direction it is used to test.
+held-out prompt shapes any direction it is used to test; so are the cluster vectors and their
+controls (tasks.steps.cluster_vectors: Option 1 means, or per-cluster differences in means).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from refusal_atlas.tasks.clustering.store_run import StoreClustering
 from refusal_atlas.tasks.evaluation.evaluate import EvaluationResult, build_candidates, evaluate_directions
 from refusal_atlas.tasks.evaluation.split import heldout_mask
 from refusal_atlas.tasks.settings import AtlasSettings
+from refusal_atlas.tasks.steps.cluster_vectors import cluster_vectors, harmless_means, row_mean
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -39,37 +41,27 @@ def evaluate_heldout(settings: AtlasSettings, store, clustering: StoreClustering
     middle = int(np.median(comparison.row_layer)) if comparison.row_layer.size else stored[len(stored) // 2]
     wanted = sorted({int(x) for x in layers} or {middle})
     # The difference in means from the discovery rows' h_0 at each layer a candidate sits at.
+    row_layers = {int(x) for x in comparison.row_layer}
     h0 = ds["h0"].data
+    harmless_mean = harmless_means(h0, stored, held, label, sorted(set(wanted) | row_layers))
+    harmful = np.flatnonzero(~held & (label == "harmful"))
     baseline = {}
-    for layer in wanted:
-        at = stored.index(layer)
-        harmful = np.flatnonzero(~held & (label == "harmful"))
-        harmless = np.flatnonzero(~held & (label == "harmless"))
-        if harmful.size and harmless.size:
-            diff = (np.asarray(h0[harmful, at].compute(), dtype=np.float64).mean(axis=0)
-                    - np.asarray(h0[harmless, at].compute(), dtype=np.float64).mean(axis=0))
+    if harmful.size and harmless_mean:
+        for layer in wanted:
+            diff = row_mean(h0, harmful, stored.index(layer)) - harmless_mean[layer]
             if np.isfinite(diff).all() and np.linalg.norm(diff) > 0:
                 baseline[layer] = _unit(diff)
-    pool = _clustered_directions(store, clustering)
     es = settings.evaluation
+    vectors = cluster_vectors(es.cluster_vector, store, clustering, harmless_mean)
     candidates = build_candidates(
-        result.directions, layers, baseline if len(baseline) == len(wanted) else None, es.n_random, es.seed,
-        default_layers=[middle], common=comparison.common, subset_pool=pool, cluster_sizes=list(result.sizes),
-        n_subsets=es.n_subsets, n_random_generate=es.n_random_generate,
+        vectors.directions, layers, baseline if len(baseline) == len(wanted) else None, es.n_random, es.seed,
+        default_layers=[middle], common=vectors.common, subset_pool=vectors.pool, cluster_sizes=list(result.sizes),
+        n_subsets=es.n_subsets, n_random_generate=es.n_random_generate, unit_pool=vectors.unit_pool,
     )
     held_harmless = [texts[i] for i in np.flatnonzero(held & (label == "harmless"))]
     held_harmful = [texts[i] for i in np.flatnonzero(held & (label == "harmful"))]
     members = _assign(ds, store, clustering, held, texts) if result.n_clusters else []
     return evaluate_directions(engine, candidates, held_harmless, held_harmful, members, es)
-
-
-def _clustered_directions(store, clustering: StoreClustering) -> np.ndarray:
-    """The clustered discovery rows' directions [n, D] at the layer each was clustered at."""
-    stored = [int(layer) for layer in store.layers]
-    rows = clustering.rows.store_rows
-    data = store.read_rows(rows, ("direction",))["direction"]
-    position = np.array([stored.index(int(x)) for x in clustering.comparison.row_layer], dtype=np.int64)
-    return np.asarray(data[np.arange(rows.size), position], dtype=np.float64)
 
 
 def _assign(ds, store, clustering: StoreClustering, held: np.ndarray, texts: list[str]) -> list[list[str]]:
