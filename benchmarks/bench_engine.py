@@ -64,6 +64,11 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
+#: The last commit before issue 17's engine work (steps through the upper layers only, the
+#: shared prefix opening, the cheaper head): the "today's engine" the issue's 2x is measured against.
+BEFORE_ISSUE_17 = "521ddf3"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32)
@@ -73,6 +78,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--before", default=BEFORE_ISSUE_17, help=(
+        "Also time the engine as it was at this commit, each in a process of its own beside today's "
+        "(benchmarks/engine_at_commit.py); '' to skip."))
     args = parser.parse_args()
     print("command: python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]))
 
@@ -96,6 +104,7 @@ def main() -> None:
     for warm in (engine, full):
         warm.compute_many(texts[:2])  # warm-up: first-call allocations and kernel choices
     engine_all, engine_sub, naive_sub, mem_engine, mem_naive, full_all = [], [], [], [], [], []
+    before = commits_side_by_side(texts, engine.layers, args) if args.before else None
     for _ in range(args.repeats):
         start = time.perf_counter()
         full_results = full.compute_many(texts)
@@ -152,9 +161,34 @@ def main() -> None:
           f"median {figures['cosine_median']:.6f}")
     print(f"peak RSS above the loaded model: engine {figures['peak_rss_delta_mib']['engine']:.0f} MiB, "
           f"naive {figures['peak_rss_delta_mib']['naive']:.0f} MiB")
+    if before is not None:
+        figures["before_commit"] = before
     figures["step"] = step_against_bound(engine, full, texts[: args.max_batch], args.repeats)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+
+
+def commits_side_by_side(texts: list[str], layers: list[int], args) -> dict:
+    """The engine at args.before and today's, each in a child process, alternating for
+    args.repeats rounds: rates (median), their ratio and the cosine between their directions."""
+    from benchmarks.engine_at_commit import checkout, run
+
+    code = checkout(args.before)
+    old, new = [], []
+    for _ in range(args.repeats):
+        seconds, old_dirs = run(texts, layers, args.steps, args.max_batch, code)
+        old.append(seconds)
+        seconds, new_dirs = run(texts, layers, args.steps, args.max_batch, None)
+        new.append(seconds)
+    unit = lambda d: d / np.linalg.norm(d, axis=-1, keepdims=True)  # noqa: E731
+    cos = (unit(old_dirs) * unit(new_dirs)).sum(-1)
+    out = {"commit": args.before, "prompts_per_s_before": len(texts) / statistics.median(old),
+           "prompts_per_s_now": len(texts) / statistics.median(new), "seconds_before": old, "seconds_now": new,
+           "speedup": statistics.median(old) / statistics.median(new), "cosine_min": float(np.nanmin(cos))}
+    print(f"engine at {args.before} vs today's, {len(texts)} prompts, each in its own process (median of "
+          f"{args.repeats}): {out['prompts_per_s_before']:.3f} vs {out['prompts_per_s_now']:.3f} prompts/s = "
+          f"{out['speedup']:.2f}x; min cosine between their directions {out['cosine_min']:.6f}")
+    return out
 
 
 def matmul_rate(rows: int, inner: int, cols: int, seconds: float = 2.0) -> float:

@@ -104,9 +104,34 @@ class TreeTensors:
         positions = prefix_lens[prompts].unsqueeze(1) + self.depths[prompts]
         return self.tokens[prompts], mask, positions
 
-    def phrase_log_probs(self, log_probs: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        """log P(phrase) [Q, P] from per-node log-probabilities [Q, N, V]."""
-        nodes, tokens, valid = self.pred_node[prompts], self.pred_token[prompts], self.pred_valid[prompts]
-        q = torch.arange(len(prompts), device=log_probs.device)[:, None, None]
-        picked = log_probs[q, nodes, tokens]  # [Q, P, J]
-        return torch.where(valid, picked, torch.zeros_like(picked)).sum(-1)
+    def phrase_log_probs(self, picked: torch.Tensor, log_norm: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """log P(phrase) [Q, P]: each predicted token's logit, picked [Q, P, J] (picked_logits or
+        picked_from_hidden), minus its node's log-normaliser, log_norm [Q, N] (logsumexp over the
+        vocabulary), summed over the phrase's predictions.
+
+        This is log_softmax read at the predicted tokens, without the [Q, N, V] log-probabilities
+        (and, in the backward pass, without a [Q, N, V] gradient of an indexing): only the
+        logsumexp touches the whole vocabulary."""
+        nodes, valid = self.pred_node[prompts], self.pred_valid[prompts]
+        q = torch.arange(len(prompts), device=log_norm.device)[:, None, None]
+        terms = picked - log_norm[q, nodes]  # [Q, P, J]
+        return torch.where(valid, terms, torch.zeros_like(terms)).sum(-1)
+
+    def picked_logits(self, logits: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """The predicted tokens' logits [Q, P, J] read off full logits [Q, N, V]."""
+        q = torch.arange(len(prompts), device=logits.device)[:, None, None]
+        return logits[q, self.pred_node[prompts], self.pred_token[prompts]]
+
+    def picked_from_hidden(self, normed: torch.Tensor, head: torch.nn.Linear, prompts: torch.Tensor) -> torch.Tensor:
+        """The predicted tokens' logits [Q, P, J] from the final normed states [Q, N, D]: each is
+        the dot product of its node's state with its token's row of the head's weight [V, D],
+        accumulated in float32 (float64 for a float64 head) and rounded to the head's dtype, as
+        the head's own matmul is."""
+        acc = torch.promote_types(head.weight.dtype, torch.float32)
+        q = torch.arange(len(prompts), device=normed.device)[:, None, None]
+        states = normed[q, self.pred_node[prompts]].to(acc)  # [Q, P, J, D]
+        rows = head.weight[self.pred_token[prompts]].to(acc)  # [Q, P, J, D]
+        picked = (states * rows).sum(-1)
+        if head.bias is not None:
+            picked = picked + head.bias[self.pred_token[prompts]].to(acc)
+        return picked.to(head.weight.dtype)

@@ -32,7 +32,9 @@ from refusal_atlas.tasks.model.hooks import edit_residual, replace_at
 from refusal_atlas.tasks.model.prefill import prefill
 from refusal_atlas.tasks.engine.layer_stack import LayerStack
 from refusal_atlas.tasks.engine.phrase_tree import TreeTensors, build_step_tree
-from refusal_atlas.tasks.engine.targets import RefusalTarget, combine_phrases, refusal_log_odds, score_dtype
+from refusal_atlas.tasks.engine.targets import (
+    RefusalTarget, combine_phrases, log_normaliser, refusal_log_odds, score_dtype,
+)
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,9 @@ class PrefixBatch:
             values = values.detach().to(self.dtype).requires_grad_(grad)
         with torch.set_grad_enabled(grad):
             run = self._upper_pass if self._stack is not None else self._full_pass
-            logits, h, leaves, regroup = run(prompts, layers, values, grad)
-            log_probs = torch.log_softmax(logits.to(self.dtype), dim=-1)  # [Q, N, V]
-            f = combine_phrases(self._tree.phrase_log_probs(log_probs, prompts))  # [Q]
+            logits, picked, h, leaves, regroup = run(prompts, layers, values, grad)  # logits [Q, N, V]
+            log_norm = log_normaliser(logits)  # [Q, N]
+            f = combine_phrases(self._tree.phrase_log_probs(picked.to(self.dtype), log_norm, prompts))  # [Q]
         self.forward_passes += 1
         rows = torch.arange(len(prompts), device=self.device)
         reply = logits[rows, self._tree.reply_nodes[prompts]].detach()
@@ -119,8 +121,10 @@ class PrefixBatch:
     def _upper_pass(self, prompts, layers, values, grad):
         """Logits [Q, N, V] from layers L+1..N-1 only, on the tree's cached states at L's output.
 
-        Returns (logits, h [Q, D], the leaves to differentiate, a function from their gradients
-        to [Q, D]). With values None, h is the cached h_0 itself, made a leaf.
+        Returns (logits, the predicted tokens' logits [Q, P, J], h [Q, D], the leaves to
+        differentiate, a function from their gradients to [Q, D]). With values None, h is the
+        cached h_0 itself, made a leaf. The predicted logits are dot products with the head's
+        rows, so the backward pass reaches the vocabulary only through the logsumexp.
         """
         start = self._states_below(prompts, layers)  # [Q, N, D], each query's layer L output
         if values is None:
@@ -133,8 +137,9 @@ class PrefixBatch:
         top, _ = self._stack.run(
             hidden[order], layers[order] + 1, len(self._stack.layers), prompts[order], positions, mask, self._kv
         )
-        logits = self._stack.logits(top)[torch.argsort(order)]
-        return logits, values, [values], lambda grads: grads[0]
+        normed = self._stack.norm(top)[torch.argsort(order)]  # [Q, N, D]
+        picked = self._tree.picked_from_hidden(normed, self._stack.lm_head, prompts)
+        return self._stack.lm_head(normed), picked, values, [values], lambda grads: grads[0]
 
     def _states_below(self, prompts: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
         """Each query's tree states at the output of its layer L ([Q, N, D], no gradient).
@@ -189,13 +194,14 @@ class PrefixBatch:
                 cache=self._expanded_cache(prompts),
                 use_cache=True,
             ).logits
+        picked = self._tree.picked_logits(logits, prompts)
         if values is not None:
-            return logits, values, [values], lambda grads: grads[0]
+            return logits, picked, values, [values], lambda grads: grads[0]
         h = self._gather_leaves(leaves, layers)
         def regroup(grads):
             return self._gather_leaves(dict(zip(present, grads)), layers)
 
-        return logits, h, [leaves[layer] for layer in present], regroup
+        return logits, picked, h, [leaves[layer] for layer in present], regroup
 
     @staticmethod
     def _gather_leaves(per_layer: dict[int, torch.Tensor], layers: torch.Tensor) -> torch.Tensor:

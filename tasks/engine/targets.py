@@ -52,6 +52,12 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.where(targets >= 0, picked, torch.zeros_like(picked)).sum(-1)
 
 
+def log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the vocabulary in the score dtype: [..., V] -> [...]; a token's
+    log-probability is its logit minus this."""
+    return torch.logsumexp(logits.to(score_dtype(logits.dtype)), dim=-1)
+
+
 def combine_phrases(phrase_log_probs: torch.Tensor) -> torch.Tensor:
     """f = log sum_y P(y): logsumexp over the last axis ([..., n_phrases] -> [...])."""
     return torch.logsumexp(phrase_log_probs, dim=-1)

@@ -23,7 +23,9 @@ import torch
 
 from refusal_atlas.tasks.engine.layer_stack import LayerStack
 from refusal_atlas.tasks.engine.phrase_tree import TreeTensors, build_step_tree
-from refusal_atlas.tasks.engine.targets import RefusalTarget, combine_phrases, refusal_log_odds, score_dtype
+from refusal_atlas.tasks.engine.targets import (
+    RefusalTarget, combine_phrases, log_normaliser, refusal_log_odds, score_dtype,
+)
 from refusal_atlas.tasks.model.chat import RenderedPrompt
 
 
@@ -74,8 +76,8 @@ class InduceBatch:
         with torch.no_grad():
             top, _ = self.stack.run(hidden, starts, len(self.stack.layers), self.rows, self.positions, self.mask, None)
             logits = self.stack.logits(top[:, self.width:])  # [B, N, V]: the tree's nodes only
-            log_probs = torch.log_softmax(logits.to(self.dtype), dim=-1)
-            f = combine_phrases(self.tree.phrase_log_probs(log_probs, self.rows))
+            picked = self.tree.picked_logits(logits, self.rows).to(self.dtype)
+            f = combine_phrases(self.tree.phrase_log_probs(picked, log_normaliser(logits), self.rows))
             log_odds = refusal_log_odds(logits[self.rows, self.tree.reply_nodes], self.target.first_tokens)
         return f.double().cpu().numpy(), log_odds.double().cpu().numpy()
 
