@@ -45,20 +45,32 @@ def write_store(path: str, rows: int, chunk_rows: int, seed: int = 0) -> None:
     from zarr.codecs import ZstdCodec
 
     rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.standard_normal((DIM, CLUSTERS + 1)))[0].T
-    centres, shared = basis[:CLUSTERS], basis[CLUSTERS]
+    centres, shared = planted_basis(np.random.default_rng(seed), DIM)
     array = zarr.create_array(path, shape=(rows, DIM), chunks=(chunk_rows, DIM), dtype="float32",
                               compressors=ZstdCodec(level=3), dimension_names=("prompt", "hidden"))
     block = max(chunk_rows, 65536 // chunk_rows * chunk_rows)
     for start in range(0, rows, block):
         n = min(block, rows - start)
-        labels = rng.integers(0, CLUSTERS, n)
-        x = centres[labels] + 0.8 * rng.standard_normal((n, DIM)) / np.sqrt(DIM)
-        noise = rng.random(n) < 0.1
-        x[noise] = rng.standard_normal((int(noise.sum()), DIM))
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        x += rng.uniform(0.0, 2.0, size=(n, 1)) * shared
-        array[start: start + n] = x.astype(np.float32)
+        array[start: start + n] = structured_rows(rng, n, centres, shared)
+
+
+def planted_basis(rng: np.random.Generator, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """CLUSTERS orthonormal cluster centres [CLUSTERS, dim] and a shared direction [dim]."""
+    basis = np.linalg.qr(rng.standard_normal((dim, CLUSTERS + 1)))[0].T
+    return basis[:CLUSTERS], basis[CLUSTERS]
+
+
+def structured_rows(rng: np.random.Generator, n: int, centres: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """n synthetic directions [n, dim] float32: a planted centre plus noise (10% of rows pure
+    noise), unit-normalised, plus a shared component of varying size."""
+    dim = centres.shape[1]
+    labels = rng.integers(0, len(centres), n)
+    x = centres[labels] + 0.8 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    noise = rng.random(n) < 0.1
+    x[noise] = rng.standard_normal((int(noise.sum()), dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x += rng.uniform(0.0, 2.0, size=(n, 1)) * shared
+    return x.astype(np.float32)
 
 
 def peak_rss_gb() -> float:

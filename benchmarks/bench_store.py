@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from refusal_atlas.storage import AtlasStore, StoreSpec
 from refusal_atlas.storage.layout import PER_PROMPT, PROMPT_TABLE, default_block_rows, sizes_for
 
@@ -47,9 +49,16 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _directions(start: int, stop: int, layers: int, hidden: int) -> np.ndarray:
-    """Unit directions [stop - start, layers, hidden] float32, the same for the same rows."""
+def _directions(start: int, stop: int, layers: int, hidden: int, structured: bool = False) -> np.ndarray:
+    """Directions [stop - start, layers, hidden] float32, the same for the same rows: unit
+    Gaussian noise, or (structured) bench_cluster's planted clusters with a shared component,
+    so that a clustering run on the store has structure to find, as real directions do."""
     rng = np.random.default_rng(start)
+    if structured:
+        from benchmarks.bench_cluster import planted_basis, structured_rows
+
+        centres, shared = planted_basis(np.random.default_rng(0), hidden)
+        return np.stack([structured_rows(rng, stop - start, centres, shared) for _ in range(layers)], axis=1)
     data = rng.standard_normal((stop - start, layers, hidden)).astype(np.float32)
     return data / np.linalg.norm(data, axis=-1, keepdims=True)
 
@@ -117,7 +126,7 @@ def new_write(root: Path, name: str, n: int, args, spec: StoreSpec, record, data
     step, total = args.block * 64, 0.0
     for start in range(0, n, step):
         stop = min(start + step, n)
-        batch = _directions(start, stop, args.layers, args.hidden)
+        batch = _directions(start, stop, args.layers, args.hidden, args.structured)
         total += _timed(lambda: store.write_rows(range(start, stop), {"direction": batch}))
     record(f"new: write_rows, {step} rows a call", total)
     return store
@@ -159,12 +168,15 @@ def main() -> None:
     parser.add_argument("--stage-rows", type=int, default=2000,
                         help="rows sent through the per-row staging path (0: skip it)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--structured", action="store_true", help=(
+        "write directions with planted cluster structure (benchmarks/bench_cluster.py's), so that "
+        "bench_cluster.py --atlas-store on the result clusters something; default: Gaussian noise"))
     args = parser.parse_args()
 
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv))
     n, spec = args.rows, _spec(args.layers, args.hidden)
     whole = n <= args.in_memory
-    data = _directions(0, n, args.layers, args.hidden) if whole else None
+    data = _directions(0, n, args.layers, args.hidden, args.structured) if whole else None
     raw_mb = n * args.layers * args.hidden * 4 / 1e6
     args.block = args.block or default_block_rows(args.layers, args.hidden)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
