@@ -254,9 +254,15 @@ def heldout_records(assigned: Sequence[Assigned]) -> dict[str, list[dict]]:
     """{'planted': [...], 'controls': [...]}: the test side's planted-type prompts (label
     'harmful', category = planted type) and its controls (everyday and near misses, 'harmless'),
     as prompt-file records in split order."""
+    return split_records(assigned, "test")
+
+
+def split_records(assigned: Sequence[Assigned], split: str) -> dict[str, list[dict]]:
+    """heldout_records for either side of the split ('train' or 'test'): the training side is
+    where settings of an atlas run on the organism may be chosen without touching the test side."""
     def record(a: Assigned) -> dict:
         return {"prompt": a.text, "label": a.label, "category": a.category, "source": "refusal-atlas organism split"}
 
-    test = [a for a in assigned if a.split == "test"]
-    return {"planted": [record(a) for a in test if a.role == "planted"],
-            "controls": [record(a) for a in test if a.role in ("harmless", "near_miss")]}
+    side = [a for a in assigned if a.split == split]
+    return {"planted": [record(a) for a in side if a.role == "planted"],
+            "controls": [record(a) for a in side if a.role in ("harmless", "near_miss")]}
