@@ -75,7 +75,8 @@ def test_prefect_yaml_parameters_are_valid_settings():
 def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     """deployments/demo.json (what `make demo` runs) and deployments/recovery.json (the recovery
     benchmark's: every held-out planted prompt, and the size-matched subsets also scored by
-    bypass) must load as AtlasSettings; both evaluate each cluster through its difference in
+    bypass, with the clustering chosen on the organism's training prompts) must load as
+    AtlasSettings; both evaluate each cluster through its difference in
     means, the vector chosen on the organism's training prompts."""
     import json
 
@@ -85,10 +86,12 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     AtlasSettings.model_validate(demo)
     settings = AtlasSettings.model_validate(recovery)
     assert settings.evaluation.controls_bypass and not AtlasSettings.model_validate(demo).evaluation.controls_bypass
-    same = ("evaluation", "prompts")
+    same = ("evaluation", "prompts", "clustering")
     assert {k: v for k, v in recovery.items() if k not in same} == {k: v for k, v in demo.items() if k not in same}
     assert recovery["prompts"][0] == "organism-planted" and recovery["prompts"][1:] == demo["prompts"][1:]
     assert {json.dumps(d["evaluation"].get("cluster_vector")) for d in (demo, recovery)} == {'"diff_in_means"'}
+    # The clustering benchmarks/bench_recovery_settings.py's rule picks on the training prompts.
+    assert recovery["clustering"] == {"min_cluster_size": 8, "min_samples": 3} and "clustering" not in demo
 
 
 def test_prefect_yaml_schedule_pool_and_pull_step():
