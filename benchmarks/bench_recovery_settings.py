@@ -97,8 +97,8 @@ def sweep(store_uri: str, sizes: list[int], draws: int) -> list[dict]:
     for size in sizes:
         rng = np.random.default_rng(size)
         samples = [pool] if size >= pool.size else [np.sort(rng.choice(pool, size, replace=False)) for _ in range(draws)]
-        picked = [select_layer(direction[rows], store.layers, base.layer, None) for rows in samples]
-        picked = [(np.asarray(p), layer) for p, layer in picked]
+        picked = [(np.asarray(p), layer) for p, layer in
+                  (select_layer(direction[rows], store.layers, base.layer, None) for rows in samples)]
         for values in itertools.product(*FITTED.values()):
             change = dict(zip(FITTED, values))
             settings = base.model_copy(update={**change, "bootstraps": 0})
@@ -118,9 +118,13 @@ def sweep(store_uri: str, sizes: list[int], draws: int) -> list[dict]:
 
 
 def vector_cosines(store_uri: str, change: dict, model: str) -> dict:
+    """Each cluster's Option 1 mean and difference in means against the organism's planted
+    directions (the report's planted_cosines), with the cosine to its majority type's own."""
     from refusal_atlas.storage import AtlasStore
+    from refusal_atlas.tasks.clustering.spaces import cluster_layer_of
     from refusal_atlas.tasks.clustering.store_run import cluster_store
     from refusal_atlas.tasks.organism.mediation import planted_mechanism
+    from refusal_atlas.tasks.report.recovery import confusion, planted_cosines
     from refusal_atlas.tasks.settings import ClusterSettings
     from refusal_atlas.tasks.steps.cluster_vectors import cluster_vectors, discovery_harmless_means
 
@@ -129,22 +133,20 @@ def vector_cosines(store_uri: str, change: dict, model: str) -> dict:
     mechanism = planted_mechanism(model)
     if mechanism is None:
         return {}
-    planted, groups, _ = mechanism
-    planted = planted.numpy().astype(np.float64)
-    planted /= np.linalg.norm(planted, axis=1, keepdims=True)
+    planted, groups, layer = mechanism
+    result = clustering.comparison.result
+    at = cluster_layer_of(clustering.comparison, result)
+    majority = {r["cluster"]: r["majority"] for r in confusion(result.labels, clustering.rows.categories)["rows"]}
     means = discovery_harmless_means(store, clustering)
-    categories = np.asarray(clustering.rows.categories, dtype=object)
-    labels = np.asarray(clustering.comparison.result.labels)
     out = {"groups": ["+".join(g) for g in groups], "clusters": {}}
     for kind in ("gradient_mean", "diff_in_means"):
         v = cluster_vectors(kind, store, clustering, means)
-        for k, d in enumerate(v.directions):
-            members = categories[labels == k]
-            majority = max(set(members), key=list(members).count) if members.size else None
-            own = next((i for i, g in enumerate(groups) if majority in g), None)
-            row = (planted @ (d / np.linalg.norm(d))).tolist()
-            out["clusters"].setdefault(kind, []).append({"cluster": k, "majority": majority, "cosines": row,
-                                                          "own": None if own is None else row[own]})
+        table = planted_cosines(v.directions, at, None, planted.numpy(), groups, layer)
+        for name, cosines in table["rows"].items():
+            own = next(("+".join(g) for g in groups if majority.get(name) in g), None)
+            out["clusters"].setdefault(kind, []).append({
+                "cluster": name, "majority": majority.get(name), "cosines": cosines,
+                "own": None if own is None or cosines is None else cosines[own]})
     return out
 
 

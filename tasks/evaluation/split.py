@@ -43,6 +43,14 @@ def heldout_mask(
                      for p, lab, c in zip(prompt_ids, labels, categories)], dtype=bool)
 
 
+def dataset_heldout(ds, fraction: float, seed: int) -> np.ndarray:
+    """heldout_mask of every row of a store's xarray view (prompt_id, label and category read
+    off it): [n] bool, in the view's row order."""
+    return heldout_mask([str(i) for i in np.asarray(ds["prompt_id"].values)], fraction, seed,
+                        [str(v) for v in np.asarray(ds["label"].values, dtype=object)],
+                        [c if c else None for c in np.asarray(ds["category"].values, dtype=object)])
+
+
 def split_counts(heldout: np.ndarray, labels: Sequence[str], categories: Sequence[str | None]) -> dict:
     """{(label, category): (discovery, held out)} for a report or a test."""
     total = Counter(zip(labels, categories))

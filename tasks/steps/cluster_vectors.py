@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from refusal_atlas.tasks.clustering.store_run import StoreClustering
-from refusal_atlas.tasks.evaluation.split import heldout_mask
+from refusal_atlas.tasks.evaluation.split import dataset_heldout
 
 ClusterVector = Literal["gradient_mean", "diff_in_means"]
 
@@ -71,13 +71,11 @@ def discovery_harmless_means(store, clustering: StoreClustering) -> dict[int, np
     """harmless_means at every layer a clustered row sits at, on the run's own discovery split."""
     cs = clustering.comparison.settings
     ds = store.to_xarray(done_only=True)
-    ids = [str(i) for i in np.asarray(ds["prompt_id"].values)]
-    labels = [str(v) for v in np.asarray(ds["label"].values, dtype=object)]
-    categories = [c if c else None for c in np.asarray(ds["category"].values, dtype=object)]
-    held = heldout_mask(ids, cs.heldout_fraction, cs.split_seed, labels, categories)
+    held = dataset_heldout(ds, cs.heldout_fraction, cs.split_seed)
+    labels = np.asarray([str(v) for v in np.asarray(ds["label"].values, dtype=object)], dtype=object)
     stored = [int(layer) for layer in store.layers]
     layers = sorted({int(x) for x in clustering.comparison.row_layer})
-    return harmless_means(ds["h0"].data, stored, held, np.asarray(labels, dtype=object), layers)
+    return harmless_means(ds["h0"].data, stored, held, labels, layers)
 
 
 def cluster_vectors(kind: ClusterVector, store, clustering: StoreClustering,

@@ -17,7 +17,7 @@ from refusal_atlas.tasks.clustering.load import refit_clusterer
 from refusal_atlas.tasks.clustering.spaces import approximate_predict, cluster_layer_of
 from refusal_atlas.tasks.clustering.store_run import StoreClustering
 from refusal_atlas.tasks.evaluation.evaluate import EvaluationResult, build_candidates, evaluate_directions
-from refusal_atlas.tasks.evaluation.split import heldout_mask
+from refusal_atlas.tasks.evaluation.split import dataset_heldout
 from refusal_atlas.tasks.settings import AtlasSettings
 from refusal_atlas.tasks.steps.cluster_vectors import cluster_vectors, harmless_means, row_mean
 
@@ -30,12 +30,9 @@ def evaluate_heldout(settings: AtlasSettings, store, clustering: StoreClustering
     comparison, result = clustering.comparison, clustering.comparison.result
     cs = comparison.settings
     ds = store.to_xarray(done_only=True)
-    ids = [str(i) for i in np.asarray(ds["prompt_id"].values)]
-    labels = [str(v) for v in np.asarray(ds["label"].values, dtype=object)]
-    categories = [c if c else None for c in np.asarray(ds["category"].values, dtype=object)]
     texts = [str(t) for t in np.asarray(ds["text"].values, dtype=object)]
-    held = heldout_mask(ids, cs.heldout_fraction, cs.split_seed, labels, categories)
-    label = np.asarray(labels, dtype=object)
+    held = dataset_heldout(ds, cs.heldout_fraction, cs.split_seed)
+    label = np.asarray([str(v) for v in np.asarray(ds["label"].values, dtype=object)], dtype=object)
     stored = [int(layer) for layer in store.layers]
     layers = cluster_layer_of(comparison, result)
     middle = int(np.median(comparison.row_layer)) if comparison.row_layer.size else stored[len(stored) // 2]
