@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from refusal_atlas.tasks.model.gguf_cache import load_gguf
 from refusal_atlas.tasks.model.adapter import ADAPTER_CONFIG, AdapterError, apply_adapter, is_adapter_dir, load_adapter
 from refusal_atlas.tasks.settings import ModelSettings
 
@@ -183,13 +184,21 @@ def _load_pretrained(source: ModelSource, settings: ModelSettings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"trust_remote_code": settings.trust_remote_code}
-    if source.gguf_file is not None:
-        kwargs["gguf_file"] = source.gguf_file
     if not source.is_local and settings.revision is not None:
         kwargs["revision"] = settings.revision
+
+    def from_location(location, **extra):
+        return (AutoModelForCausalLM.from_pretrained(location, **kwargs, **extra),
+                AutoTokenizer.from_pretrained(location, **kwargs, **extra))
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+        if source.gguf_file is not None:
+            # Converting a GGUF file takes most of a run's start-up; the converted model is cached.
+            gguf = Path(source.location) / source.gguf_file
+            model, tokenizer = load_gguf(gguf, lambda: from_location(source.location, gguf_file=source.gguf_file),
+                                         from_location)
+        else:
+            model, tokenizer = from_location(source.location)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise ModelLoadError(
