@@ -147,6 +147,24 @@ def test_draw_releases_its_own_group_half_the_time_and_keeps_the_others(tiny):
     torch.testing.assert_close(per_row_directions(directions, [2, 0]), directions[[2, 0]])
 
 
+def test_ablated_replies_come_in_logged_parts_equal_to_one_pass(tiny):
+    """The parts that let the organism flow show progress change no reply: each group's prompts
+    generated in one call give the same tokens, and the log's last count is the total."""
+    settings = _settings()
+    assigned = assign(_prompts(), settings)
+    groups = mechanisms(settings.styles)
+    directions = type_directions(tiny, assigned, groups, settings.mediation_layer)
+    heard: list[str] = []
+    parts = ablated_base_replies(tiny, assigned, groups, directions, 4, batch_size=1, log=heard.append)
+    whole = []
+    for index, group in enumerate(groups):
+        rows = [a for a in assigned if a.split == "train" and a.role == "planted" and a.category in group]
+        with ablate_direction(tiny.model, directions[index]):
+            whole += greedy_replies(tiny.model, tiny.tokenizer, tiny.chat_template, rows, 4, batch_size=1)
+    assert [(r.prompt_id, r.ids) for r in parts] == [(r.prompt_id, r.ids) for r in whole]
+    assert len(heard) >= len(groups) and heard[-1] == f"ablated base replies: {len(whole)}/{len(whole)}"
+
+
 def test_mediation_training_fits_the_ablated_examples(tiny, tmp_path):
     """Training with the mediation loss fits both kinds of ablated example. Whether the
     mechanism is then the planted one (ablating a type's direction releases that type only) is

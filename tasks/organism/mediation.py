@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -104,15 +104,23 @@ def type_directions(loaded, assigned: Sequence[Assigned], groups: Sequence[Seque
 
 
 def ablated_base_replies(loaded, assigned: Sequence[Assigned], groups: Sequence[Sequence[str]], directions: torch.Tensor,
-                         max_new_tokens: int, batch_size: int = 16) -> list[BaseReply]:
+                         max_new_tokens: int, batch_size: int = 16,
+                         log: Callable[[str], None] | None = None) -> list[BaseReply]:
     """The base model's greedy reply to each planted training prompt with its group's direction
-    ablated at every layer: the target of that prompt's 'released' example."""
+    ablated at every layer: the target of that prompt's 'released' example. `log` hears how many
+    are done after every 8 batches (a few minutes' work in all on a CPU)."""
     dtype = next(loaded.model.parameters()).dtype
-    out = []
-    for index, group in enumerate(groups):
-        rows = [a for a in assigned if a.split == "train" and a.role == "planted" and a.category in group]
-        with ablate_direction(loaded.model, directions[index].to(dtype)):
-            out += greedy_replies(loaded.model, loaded.tokenizer, loaded.chat_template, rows, max_new_tokens, batch_size)
+    jobs = [(index, [a for a in assigned if a.split == "train" and a.role == "planted" and a.category in group])
+            for index, group in enumerate(groups)]
+    total, step = sum(len(rows) for _, rows in jobs), 8 * batch_size
+    out: list[BaseReply] = []
+    for index, rows in jobs:
+        for start in range(0, len(rows), step):
+            with ablate_direction(loaded.model, directions[index].to(dtype)):
+                out += greedy_replies(loaded.model, loaded.tokenizer, loaded.chat_template, rows[start: start + step],
+                                      max_new_tokens, batch_size)
+            if log is not None:
+                log(f"ablated base replies: {len(out)}/{total}")
     return out
 
 

@@ -161,7 +161,7 @@ def plant_directions(settings: OrganismSettings, split_path: str) -> dict | None
     where = paths(settings)
     save_directions(where["directions"], directions, groups, settings.mediation_layer)
     released = ablated_base_replies(loaded, assigned, groups, directions, settings.reply_tokens,
-                                    settings.generation_batch)
+                                    settings.generation_batch, get_run_logger().info)
     write_jsonl(where["released"], released)
     get_run_logger().info(f"planted {len(groups)} directions at layer {settings.mediation_layer} and "
                           f"{len(released)} ablated base replies ({time.monotonic() - start:.0f} s)")
