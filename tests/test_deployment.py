@@ -74,24 +74,27 @@ def test_prefect_yaml_parameters_are_valid_settings():
 
 def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     """deployments/demo.json (what `make demo` runs) and deployments/recovery.json (the recovery
-    benchmark's: every held-out planted prompt, and the size-matched subsets also scored by
-    bypass, with the clustering chosen on the organism's training prompts) must load as
-    AtlasSettings; both evaluate each cluster through its difference in
-    means, the vector chosen on the organism's training prompts."""
+    benchmark's) must load as AtlasSettings and differ only where the demo saves time: the
+    recovery benchmark reads every held-out planted prompt, 10 held-out prompts a cluster for
+    specificity, and scores the size-matched subsets by bypass too (criterion 4's null for
+    bypass); the demo reads 75, 5, and scores them by induce only. Both evaluate each cluster
+    through its difference in means and cluster with the setting
+    benchmarks/bench_recovery_settings.py's rule picks, both chosen on the organism's training
+    prompts."""
+    import copy
     import json
 
     from refusal_atlas.tasks.settings import AtlasSettings
 
     demo, recovery = (json.loads((ROOT / "deployments" / name).read_text()) for name in ("demo.json", "recovery.json"))
-    AtlasSettings.model_validate(demo)
-    settings = AtlasSettings.model_validate(recovery)
-    assert settings.evaluation.controls_bypass and not AtlasSettings.model_validate(demo).evaluation.controls_bypass
-    same = ("evaluation", "prompts", "clustering")
-    assert {k: v for k, v in recovery.items() if k not in same} == {k: v for k, v in demo.items() if k not in same}
-    assert recovery["prompts"][0] == "organism-planted" and recovery["prompts"][1:] == demo["prompts"][1:]
-    assert {json.dumps(d["evaluation"].get("cluster_vector")) for d in (demo, recovery)} == {'"diff_in_means"'}
-    # The clustering benchmarks/bench_recovery_settings.py's rule picks on the training prompts.
-    assert recovery["clustering"] == {"min_cluster_size": 8, "min_samples": 3} and "clustering" not in demo
+    for raw in (demo, recovery):
+        assert AtlasSettings.model_validate(raw).evaluation.cluster_vector == "diff_in_means"
+        assert raw["clustering"] == {"min_cluster_size": 8, "min_samples": 3}
+    assert not AtlasSettings.model_validate(demo).evaluation.controls_bypass
+    scaled = copy.deepcopy(demo)
+    scaled["prompts"][0] = "organism-planted"
+    scaled["evaluation"] |= {"n_specificity": 10, "controls_bypass": True}
+    assert scaled == recovery
 
 
 def test_prefect_yaml_schedule_pool_and_pull_step():
