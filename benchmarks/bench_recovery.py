@@ -2,6 +2,8 @@
 
     python benchmarks/bench_recovery.py                                        # three-style organism and the base model
     python benchmarks/bench_recovery.py --single runs/organism-single/adapter   # and the single-style organism
+    python benchmarks/bench_recovery.py --settings deployments/recovery.json \
+        --single runs/organism-single/adapter                                   # all three with the recovery settings
     python benchmarks/bench_recovery.py --single runs/organism-single/adapter --effect-scale log_odds \
         --out runs/bench_recovery_logodds.json                                  # the verdict on the log-odds
 
