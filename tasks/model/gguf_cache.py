@@ -3,8 +3,9 @@
 transformers reads a GGUF file by parsing its metadata and de-quantising every tensor, which
 for the default model (SmolLM2-135M, Q4_1) takes 25 to 40 s on a 2-core CPU, in every process
 that loads it: each run, each Dask worker, each test process. The converted model is the same
-every time, so it is saved once (`save_pretrained`: safetensors weights in the de-quantised
-dtype, config, tokenizer and chat template) and read back in about a second afterwards. The
+every time, so it is saved once (safetensors weights in the de-quantised dtype, config,
+tokenizer and chat template) and read back in a few seconds afterwards (6 s against 42 s in a
+fresh process, benchmarks/bench_model_load.py). The
 weights are stored unchanged, so a model read from the cache is the model converted from the
 file (same tensors, same fingerprint).
 
@@ -134,6 +135,8 @@ def _save_weights_and_config(model, directory: Path) -> None:
 def load_gguf(gguf: Path, convert: Callable[[], tuple], load_dir: Callable[[Path], tuple]) -> tuple:
     """(model, tokenizer) of a GGUF file: read from the cache when it holds the file, else
     converted by `convert()` and cached. `load_dir(directory)` loads a model directory."""
+    if cache_root() is None:
+        return convert()  # the cache is off: no need to hash the file
     directory, key = cached_entry(gguf)
     if directory is not None:
         return load_dir(directory)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from refusal_atlas.tasks.model.gguf_cache import load_gguf
 from refusal_atlas.tasks.model.adapter import ADAPTER_CONFIG, AdapterError, apply_adapter, is_adapter_dir, load_adapter
+from refusal_atlas.tasks.model.gguf_cache import load_gguf
 from refusal_atlas.tasks.settings import ModelSettings
 
 DEFAULT_MODEL_ALIAS = "smollm2"

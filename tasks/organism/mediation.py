@@ -115,12 +115,12 @@ def ablated_base_replies(loaded, assigned: Sequence[Assigned], groups: Sequence[
     total, step = sum(len(rows) for _, rows in jobs), 8 * batch_size
     out: list[BaseReply] = []
     for index, rows in jobs:
-        for start in range(0, len(rows), step):
-            with ablate_direction(loaded.model, directions[index].to(dtype)):
+        with ablate_direction(loaded.model, directions[index].to(dtype)):
+            for start in range(0, len(rows), step):
                 out += greedy_replies(loaded.model, loaded.tokenizer, loaded.chat_template, rows[start: start + step],
                                       max_new_tokens, batch_size)
-            if log is not None:
-                log(f"ablated base replies: {len(out)}/{total}")
+                if log is not None:
+                    log(f"ablated base replies: {len(out)}/{total}")
     return out
 
 
