@@ -1,7 +1,7 @@
 """A local cache of GGUF models converted to a Hugging Face model directory.
 
 transformers reads a GGUF file by parsing its metadata and de-quantising every tensor, which
-for the default model (SmolLM2-135M, Q4_1) takes 25 to 40 s on a 2-core CPU, in every process
+for the default model (SmolLM2-135M, Q4_1) takes about 40 s on a 2-core CPU, in every process
 that loads it: each run, each Dask worker, each test process. The converted model is the same
 every time, so it is saved once (safetensors weights in the de-quantised dtype, config,
 tokenizer and chat template) and read back in a few seconds afterwards (6 s against 42 s in a
