@@ -10,7 +10,7 @@ import pytest
 from refusal_atlas.tasks.engine.concepts import concept_vectors
 from refusal_atlas.tasks.engine.direction_engine import DirectionEngine
 from refusal_atlas.tasks.evaluation.settings import EvalSettings
-from refusal_atlas.tasks.evaluation.evaluate import EvaluationError, build_candidates, evaluate_directions
+from refusal_atlas.tasks.evaluation.evaluate import EvaluationError, build_candidates, evaluate_directions, sample
 from refusal_atlas.tasks.settings import DirectionSettings, EngineSettings
 from tests.conftest import PROMPTS
 from tests.test_evaluate_support import LAYER, planted_engine
@@ -115,3 +115,18 @@ def test_controls_scored_by_induce_only_show_no_bypass_and_no_subset_null_for_it
     assert measures["induce"].n_subsets == 4
     assert measures["bypass"].n_subsets == 0 and not measures["bypass"].passed()
     assert "no size-matched subsets scored" in measures["bypass"].format()
+
+
+def test_the_judged_prefix_of_a_sample_is_random_not_the_sources_first_texts():
+    # A source sorted by category, like the organism's held-out prompts: the first n_generate of
+    # the sample are judged, and kept in input order they came almost only from the first block.
+    texts = [f"a{i}" for i in range(60)] + [f"b{i}" for i in range(60)]
+    shares = []
+    for seed in range(30):
+        drawn = sample(texts, 12, seed)
+        assert len(drawn) == len(set(drawn)) == 12 and set(drawn) <= set(texts)
+        shares.append(np.mean([t.startswith("b") for t in drawn[:8]]))
+    assert 0.35 < np.mean(shares) < 0.65
+    # Fewer texts than asked: all of them, still in a seeded order, the same for the same seed.
+    few = texts[:5]
+    assert sorted(sample(few, 12, 3)) == sorted(few) and sample(few, 12, 3) == sample(few, 12, 3)

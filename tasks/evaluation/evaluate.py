@@ -116,11 +116,15 @@ class BaseMeasures:
 
 
 def sample(texts: Sequence[str], n: int, seed: int) -> list[str]:
-    """At most n texts, a seeded sample kept in input order."""
-    if len(texts) <= n:
-        return list(texts)
-    keep = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
-    return [texts[i] for i in keep]
+    """At most n texts, a seeded sample in a seeded random order.
+
+    The order matters: the first n_generate of the sample are the ones whose replies are judged.
+    Kept in input order, that prefix was the sample's earliest texts, so a prompt file sorted by
+    category (the organism's held-out prompts are medical, then legal, then financial) had only
+    its first categories judged. In a random order every prefix is itself a random sample.
+    """
+    order = np.random.default_rng(seed).permutation(len(texts))[:n]
+    return [texts[int(i)] for i in order]
 
 
 def evaluate_directions(
