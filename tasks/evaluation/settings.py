@@ -81,7 +81,8 @@ class EvalSettings(StrictSettings):
     )
     n_harmful: int = Field(32, ge=1, description="Held-out harmful prompts (a seeded sample) for bypass.")
     n_generate: int = Field(32, ge=0, description=(
-        "Of those, how many are also answered by greedy generation per judged direction (0: none); "
+        "Of those, how many (a seeded random part of the sample) are also answered by greedy generation "
+        "per judged direction (0: none); "
         "32 or more keeps a refusal share's Wilson interval within about +-0.17."
     ))
     kl_tokens: int = Field(8, ge=1, le=128, description=(
