@@ -6,7 +6,7 @@
    shipped held-out files are the test side of: tasks.organism.data.split_records) and runs the
    atlas on them (directions at layer 18, no evaluation) into a store under runs/.
 2. Clustering: draws --draws random subsets of the discovery-side planted prompts, of each size
-   in --sizes, clusters each with every setting in the grid (space, min_cluster_size,
+   in --sizes, clusters each with every setting in the grid (space, pca_dim, min_cluster_size,
    min_samples, selection) and reports the ARI against the planted types (noise as one group,
    as the recovery section counts it): median, mean and least over the draws.
 3. The rule: the setting with the best median ARI averaged over the sizes near the one the
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = {"space": ["residual", "raw"], "min_cluster_size": [3, 5, 8], "min_samples": [None, 2, 3],
-        "selection": ["eom", "leaf"]}
+GRID = {"space": ["residual", "raw"], "pca_dim": [8, 16, 32], "min_cluster_size": [3, 5, 8],
+        "min_samples": [None, 2, 3], "selection": ["eom", "leaf"]}
 # One clustering run computes both spaces, so the grid is walked without its first axis and each
 # run is read twice.
 FITTED = {k: v for k, v in GRID.items() if k != "space"}
@@ -79,10 +79,42 @@ def training_store(args) -> str:
     return str(store)
 
 
+def embeddings(vectors, pca_dims, seed: int) -> tuple[np.ndarray, dict[tuple, np.ndarray]]:
+    """The rows kept (finite, non-zero) and what HDBSCAN sees of them for each (space, pca_dim): the steps of
+    tasks.clustering.spaces.cluster_space, taken once per draw so that each HDBSCAN setting
+    costs a fit and not a PCA (the PCA is most of a clustering's time at this size).
+    `check_embedding` holds this to the library's own clustering."""
+    from refusal_atlas.tasks.clustering.geometry import Projection, common_direction, pca_basis, unit_rows
+    from refusal_atlas.tasks.rows import normalise_rows
+
+    unit, keep = unit_rows(vectors)
+    common, _ = common_direction(unit)
+    out = {}
+    for space in GRID["space"]:
+        x = unit if space == "raw" else Projection(common, None).apply(unit)
+        for k in pca_dims:
+            basis = pca_basis(x, min(k, unit.shape[0]), seed)
+            out[space, k] = np.asarray(normalise_rows(x @ basis.T.astype(x.dtype)).compute(), dtype=np.float64)
+    return keep, out
+
+
+def check_embedding(vectors, settings) -> None:
+    """Fail loudly if `embeddings` and the library's clustering disagree on one draw."""
+    from refusal_atlas.tasks.clustering.hdbscan_fit import fit_and_assign
+    from refusal_atlas.tasks.clustering.spaces import cluster_directions
+
+    comparison = cluster_directions(vectors, settings, None, 1)
+    for space in GRID["space"]:
+        views = embeddings(vectors, [settings.pca_dim], settings.seed)[1]
+        labels = fit_and_assign(views[space, settings.pca_dim], settings, 1)[1]
+        if not np.array_equal(labels, comparison.space(space).labels):
+            raise AssertionError(f"the sweep's {space} embedding no longer matches cluster_directions")
+
+
 def sweep(store_uri: str, sizes: list[int], draws: int) -> list[dict]:
     from refusal_atlas.storage import AtlasStore
     from refusal_atlas.tasks.clustering.geometry import select_layer
-    from refusal_atlas.tasks.clustering.spaces import cluster_directions
+    from refusal_atlas.tasks.clustering.hdbscan_fit import fit_and_assign
     from refusal_atlas.tasks.clustering.store_run import discovery_rows
     from refusal_atlas.tasks.report.recovery import agreement
     from refusal_atlas.tasks.settings import ClusterSettings
@@ -97,17 +129,17 @@ def sweep(store_uri: str, sizes: list[int], draws: int) -> list[dict]:
     for size in sizes:
         rng = np.random.default_rng(size)
         samples = [pool] if size >= pool.size else [np.sort(rng.choice(pool, size, replace=False)) for _ in range(draws)]
-        picked = [(np.asarray(p), layer) for p, layer in
-                  (select_layer(direction[rows], store.layers, base.layer, None) for rows in samples)]
+        picked = [np.asarray(select_layer(direction[rows], store.layers, base.layer, None)[0]) for rows in samples]
+        check_embedding(picked[0], base.model_copy(update={"bootstraps": 0}))
+        seen = [embeddings(vectors, GRID["pca_dim"], base.seed) for vectors in picked]
         for values in itertools.product(*FITTED.values()):
             change = dict(zip(FITTED, values))
             settings = base.model_copy(update={**change, "bootstraps": 0})
             aris = {space: [] for space in GRID["space"]}
-            for rows, (vectors, row_layer) in zip(samples, picked):
-                comparison = cluster_directions(vectors, settings, row_layer, 1)
-                types = [categories[rows][i] for i in comparison.rows]
+            for rows, (keep, views) in zip(samples, seen):
                 for space in GRID["space"]:
-                    aris[space].append(agreement(list(comparison.space(space).labels), types)["ari"])
+                    labels = fit_and_assign(views[space, settings.pca_dim], settings, 1)[1]
+                    aris[space].append(agreement(list(labels), list(categories[rows][keep]))["ari"])
             for space, found in aris.items():
                 full = base.model_copy(update={**change, "space": space})
                 changed = sum(getattr(full, k) != getattr(base, k) for k in GRID)
@@ -167,10 +199,10 @@ def main(argv=None) -> int:
     chosen = dict(zip(GRID, key))
     score = float(np.mean(near[key]))
     print(f"training store: {store} ({built} s)\n")
-    print("| size | space | min_cluster_size | min_samples | selection | median ARI | mean | least |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["size"], -r["median_ari"]))[:]:
-        print(f"| {r['size']} | {r['space']} | {r['min_cluster_size']} | {r['min_samples']} | {r['selection']} "
+    print("| size | space | pca_dim | min_cluster_size | min_samples | selection | median ARI | mean | least |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["size"], -r["median_ari"])):
+        print(f"| {r['size']} | {r['space']} | {r['pca_dim']} | {r['min_cluster_size']} | {r['min_samples']} | {r['selection']} "
               f"| {r['median_ari']:.3f} | {r['mean_ari']:.3f} | {r['min_ari']:.3f} |")
     defaults = tuple(getattr(ClusterSettings(), k) for k in GRID)
     print(f"\nchosen (median ARI averaged over sizes >= {args.near}): {chosen}, {score:.3f}; "
