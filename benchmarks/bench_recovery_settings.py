@@ -80,35 +80,20 @@ def training_store(args) -> str:
 
 
 def embeddings(vectors, pca_dims, seed: int) -> tuple[np.ndarray, dict[tuple, np.ndarray]]:
-    """The rows kept (finite, non-zero) and what HDBSCAN sees of them for each (space, pca_dim): the steps of
-    tasks.clustering.spaces.cluster_space, taken once per draw so that each HDBSCAN setting
-    costs a fit and not a PCA (the PCA is most of a clustering's time at this size).
-    `check_embedding` holds this to the library's own clustering."""
-    from refusal_atlas.tasks.clustering.geometry import Projection, common_direction, pca_basis, unit_rows
-    from refusal_atlas.tasks.rows import normalise_rows
+    """The rows kept (finite, non-zero) and what HDBSCAN sees of them for each (space, pca_dim),
+    by the library's own steps (tasks.clustering.spaces.cluster_space), taken once per draw so
+    that each HDBSCAN setting costs a fit and not a PCA (most of a clustering's time here)."""
+    from refusal_atlas.tasks.clustering.geometry import common_direction, unit_rows
+    from refusal_atlas.tasks.clustering.spaces import embed, space_rows
 
     unit, keep = unit_rows(vectors)
     common, _ = common_direction(unit)
-    out = {}
+    views = {}
     for space in GRID["space"]:
-        x = unit if space == "raw" else Projection(common, None).apply(unit)
+        x = space_rows(unit, space, common)
         for k in pca_dims:
-            basis = pca_basis(x, min(k, unit.shape[0]), seed)
-            out[space, k] = np.asarray(normalise_rows(x @ basis.T.astype(x.dtype)).compute(), dtype=np.float64)
-    return keep, out
-
-
-def check_embedding(vectors, settings) -> None:
-    """Fail loudly if `embeddings` and the library's clustering disagree on one draw."""
-    from refusal_atlas.tasks.clustering.hdbscan_fit import fit_and_assign
-    from refusal_atlas.tasks.clustering.spaces import cluster_directions
-
-    comparison = cluster_directions(vectors, settings, None, 1)
-    for space in GRID["space"]:
-        views = embeddings(vectors, [settings.pca_dim], settings.seed)[1]
-        labels = fit_and_assign(views[space, settings.pca_dim], settings, 1)[1]
-        if not np.array_equal(labels, comparison.space(space).labels):
-            raise AssertionError(f"the sweep's {space} embedding no longer matches cluster_directions")
+            views[space, k] = embed(x, k, seed)[1]
+    return keep, views
 
 
 def sweep(store_uri: str, sizes: list[int], draws: int) -> list[dict]:
@@ -130,7 +115,6 @@ def sweep(store_uri: str, sizes: list[int], draws: int) -> list[dict]:
         rng = np.random.default_rng(size)
         samples = [pool] if size >= pool.size else [np.sort(rng.choice(pool, size, replace=False)) for _ in range(draws)]
         picked = [np.asarray(select_layer(direction[rows], store.layers, base.layer, None)[0]) for rows in samples]
-        check_embedding(picked[0], base.model_copy(update={"bootstraps": 0}))
         seen = [embeddings(vectors, GRID["pca_dim"], base.seed) for vectors in picked]
         for values in itertools.product(*FITTED.values()):
             change = dict(zip(FITTED, values))

@@ -126,20 +126,28 @@ def cluster_space(
     """Cluster unit rows [n, D] in one space (see the module docstring for the steps)."""
     if space == "residual" and common is None:
         common = common_direction(unit)[0]
-    x = unit if space == "raw" else Projection(common, None).apply(unit)
-    d = unit.shape[1]
-    basis = None
-    if settings.pca_dim is not None and d > settings.pca_dim:
-        k = min(settings.pca_dim, unit.shape[0])
-        basis = pca_basis(x, k, settings.seed)
-        embedding = np.asarray(normalise_rows(x @ basis.T.astype(x.dtype)).compute(), dtype=np.float64)
-    else:
-        embedding = np.asarray(x.compute(), dtype=np.float64)
+    x = space_rows(unit, space, common)
+    basis, embedding = embed(x, settings.pca_dim, settings.seed)
     projection = Projection(common if space == "residual" else None, basis)
     clusterer, labels, probabilities, outlier_scores, fitted = fit_and_assign(embedding, settings, n_jobs)
     return space_clustering(
         space, unit, x, labels, probabilities, outlier_scores, fitted, embedding, projection, clusterer
     )
+
+
+def space_rows(unit: da.Array, space: Space, common: np.ndarray | None) -> da.Array:
+    """The rows [n, D] clustered in `space`: the unit rows, or (residual) the unit rows with the
+    common direction projected out and re-normalised."""
+    return unit if space == "raw" else Projection(common, None).apply(unit)
+
+
+def embed(x: da.Array, pca_dim: int | None, seed: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """What HDBSCAN sees of the rows x [n, D]: (PCA basis [k, D], or None without PCA; embedding
+    [n, k] float64, re-normalised). PCA runs when D > pca_dim, with k = min(pca_dim, n)."""
+    if pca_dim is None or x.shape[1] <= pca_dim:
+        return None, np.asarray(x.compute(), dtype=np.float64)
+    basis = pca_basis(x, min(pca_dim, x.shape[0]), seed)
+    return basis, np.asarray(normalise_rows(x @ basis.T.astype(x.dtype)).compute(), dtype=np.float64)
 
 
 def space_clustering(
