@@ -13,10 +13,6 @@ import sys
 
 from refusal_atlas.flows import export_cli, inspect_cli, migrate_cli, organism_cli, run_cli, serve
 
-# The ephemeral Prefect server otherwise tries to send telemetry, which fails without network
-# and fills the log with errors. A user's own setting wins.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
 COMMANDS = (
     ("run", run_cli), ("inspect", inspect_cli), ("migrate", migrate_cli), ("serve", serve), ("organism", organism_cli),
     ("export", export_cli.EXPORT), ("steer", export_cli.STEER), ("abliterate", export_cli.ABLITERATE),

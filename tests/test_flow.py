@@ -254,3 +254,16 @@ def test_artifacts_have_the_expected_keys_and_content(prefect_harness, model_dir
 
     progress = [a for a in artifacts if a.type == "progress"]
     assert len(progress) == 1 and float(progress[0].data) == 100.0
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "false"), ("true", "true")])
+def test_importing_the_flows_turns_the_temporary_servers_telemetry_off_unless_the_user_chose(given, expected):
+    """Flows called from a notebook or a script start Prefect's temporary server as the command
+    line does, so the flows package, not the command line, sets the telemetry default; a value
+    the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    if given is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = given
+    code = "import os, refusal_atlas.flows; print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
