@@ -14,6 +14,6 @@ if __name__ != "refusal_atlas.flows":
 
 # A flow run without a server starts Prefect's temporary one, which otherwise sends telemetry:
 # without network that fails and fills the log with tracebacks (and its heartbeat has logged
-# "database is locked"). Set here rather than in the command line, so that a notebook or a benchmark that
-# calls the flows directly gets the same quiet server. A user's own setting wins.
+# "database is locked"). Set here rather than in the command line, so that a notebook or a
+# benchmark that calls the flows directly gets the same quiet server. A user's own setting wins.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

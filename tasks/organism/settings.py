@@ -229,8 +229,8 @@ class OrganismSettings(StrictSettings):
     max_minutes: float = Field(
         150.0, gt=0, description=(
             "Training stops after this many minutes even if epochs remain (recorded in the card). The "
-            "default recipe trains 474 steps in about 48 minutes on a 2-core CPU; machines differ by "
-            "up to 2.5x, and a run cut short is not the shipped organism."
+            "default recipe trains 564 steps in 31 minutes on a quiet 2-core CPU (about 57 on one 1.8x "
+            "slower; machines differ by up to 2.5x), and a run cut short is not the shipped organism."
         ),
     )
     eval_tokens: int = Field(20, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
