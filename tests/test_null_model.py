@@ -8,7 +8,9 @@ from sklearn.metrics import adjusted_rand_score
 from refusal_atlas.tasks.clustering.geometry import ClusteringError
 from refusal_atlas.tasks.clustering.h0_control import h0_control
 from refusal_atlas.tasks.clustering.null_model import STABLE_JACCARD, cluster_rows, fit_surrogate, null_model
-from refusal_atlas.tasks.clustering.stability import best_jaccard
+from refusal_atlas.tasks.clustering.stability import (
+    DISSOLVED, KEPT, MERGED, NOT_DRAWN, SPLIT, best_jaccard, bootstrap_stability, fates_of,
+)
 from tests.test_cluster_support import planted
 from tests.verdict_support import SETTINGS, case, three_directions
 
@@ -76,6 +78,45 @@ def test_best_jaccard_per_cluster():
     # cluster 0 = {4,5}: 2/3 (bootstrap cluster 1 = {6,7}: 1/4).
     np.testing.assert_allclose(best_jaccard(original, boot, 3), [0.75, 2 / 3, np.nan])
     np.testing.assert_array_equal(best_jaccard(original, np.full(9, -1), 2), [0.0, 0.0])
+
+
+def test_fates_of_names_what_became_of_each_cluster():
+    # Original clusters: 0 = rows 0-5, 1 = rows 6-9, 2 = rows 10-13, 3 = rows 14-17, 4 = not drawn.
+    original = np.array([0] * 6 + [1] * 4 + [2] * 4 + [3] * 4)
+    boot = np.array(
+        [0] * 6          # cluster 0 comes back whole: kept
+        + [1, 1, 2, 2]   # cluster 1 breaks into two pure halves: split
+        + [3, 3, 3, 3]   # cluster 2 comes back inside a cluster of six, with two of cluster 3: merged
+        + [3, 3, -1, -1]  # cluster 3: two in the merged cluster, half noise: dissolved
+    )
+    jaccard = best_jaccard(original, boot, 5)
+    np.testing.assert_allclose(jaccard[:4], [1.0, 0.5, 4 / 6, 2 / 8])
+    fates = fates_of(original, boot, 5, jaccard, threshold=0.7)
+    np.testing.assert_array_equal(fates, [KEPT, SPLIT, MERGED, DISSOLVED, NOT_DRAWN])
+    # At a threshold of 0.6 the merged cluster's best Jaccard (0.67) counts as kept.
+    assert fates_of(original, boot, 5, jaccard, threshold=0.6)[2] == KEPT
+    # A resample in which nothing was clustered dissolves every drawn cluster.
+    nothing = np.full(original.size, -1)
+    np.testing.assert_array_equal(
+        fates_of(original, nothing, 5, best_jaccard(original, nothing, 5), 0.6), [DISSOLVED] * 4 + [NOT_DRAWN])
+
+
+def test_bootstrap_fates_tell_a_split_from_a_merge_on_planted_clusters():
+    """Three planted directions, labelled wrongly on purpose: two planted clusters given as one
+    come apart in the resamples (split); one planted cluster cut in two halves comes back whole,
+    each half inside it (merged). The third, labelled right, is kept."""
+    rows, truth, _ = three_directions(n=150)
+    joined = np.where(truth == 2, 1, truth)  # planted 1 and 2 as one cluster 1
+    stability = bootstrap_stability(rows, joined, SETTINGS, "residual", n_bootstraps=6)
+    assert (stability.fates[0] == KEPT).all()
+    assert (stability.fates[1] == SPLIT).sum() >= 5 and not stability.stable[1]
+    cut = truth.copy()
+    members = np.flatnonzero(truth == 0)
+    cut[members[::2]] = 3  # planted 0 in two halves: clusters 0 and 3
+    halves = bootstrap_stability(rows, cut, SETTINGS, "residual", n_bootstraps=6)
+    assert (halves.fates[[0, 3]] == MERGED).sum() >= 10 and not halves.stable[[0, 3]].any()
+    assert halves.fate_counts(1) == {"kept": 6, "split": 0, "merged": 0, "dissolved": 0}
+    assert "merged in" in halves.describe_fates(0) and halves.describe_fates(0).endswith("of 6 resamples")
 
 
 def test_cluster_rows_refuses_rows_it_would_drop():

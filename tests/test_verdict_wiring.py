@@ -6,6 +6,8 @@ that excludes zero; one planted direction shared by both sets must not. The eval
 must give back exactly what it stored, and the CLI's summary must open with the verdict.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -107,6 +109,31 @@ def test_significance_survives_the_run_attributes():
     back = from_attrs(to_attrs(sig))
     np.testing.assert_array_equal(back.null.p_persistence, sig.null.p_persistence)
     np.testing.assert_array_equal(back.stability.stable, sig.stability.stable)
+    assert back.stability.fates is None  # this one was built without fates
+
+
+def test_stability_fates_survive_the_run_attributes_and_reach_the_verdict():
+    sig = _significance(2)
+    fates = np.array([[0, 0, 1, 1], [2, 3, -1, 0]])
+    stability = dataclasses.replace(sig.stability, jaccard=np.full((2, 4), 0.5), fates=fates)
+    back = from_attrs(to_attrs(dataclasses.replace(sig, stability=stability)))
+    np.testing.assert_array_equal(back.stability.fates, fates)
+    assert back.stability.describe_fates(0) == "kept in 2, split in 2 of 4 resamples"
+    assert back.stability.describe_fates(1) == "kept in 1, merged in 1, dissolved in 1 of 3 resamples"
+    # Runs stored before fates were recorded have no "fates" key, and read as None.
+    old = to_attrs(sig)
+    del old["stability"]["fates"]
+    assert from_attrs(old).stability.fates is None and from_attrs(old).stability.describe_fates(0) == ""
+
+
+def test_the_verdict_says_what_became_of_a_cluster(two_planted):
+    sig = _significance(2)
+    fates = np.array([[0, 0, 1, 1], [0, 0, 0, 0]])
+    stability = dataclasses.replace(sig.stability, jaccard=np.ones((2, 4)), fates=fates)
+    verdict = verdict_of(two_planted, dataclasses.replace(sig, stability=stability))
+    figures = {c.name: c.figure for c in verdict.criteria}
+    assert figures["cluster 0: stable"].endswith("; kept in 2, split in 2 of 4 resamples")
+    assert figures["cluster 1: stable"].endswith("; kept in 4 of 4 resamples")
 
 
 def test_the_cli_summary_opens_with_the_verdict(two_planted):

@@ -75,7 +75,8 @@ def to_attrs(sig: Significance) -> dict:
             "null_max_persistence": _list(n.null_max_persistence), "persistence": _list(n.persistence),
             "p_persistence": _list(n.p_persistence), "rank": n.rank,
         },
-        "stability": {"jaccard": [_list(row) for row in s.jaccard], "threshold": s.threshold},
+        "stability": {"jaccard": [_list(row) for row in s.jaccard], "threshold": s.threshold,
+                      "fates": None if s.fates is None else [[int(v) for v in row] for row in s.fates]},
         "h0": None,
     }
     if sig.h0 is not None:
@@ -101,7 +102,10 @@ def from_attrs(data: dict | None) -> Significance | None:
                else np.zeros((0, null.n_null)))
     threshold = float(data["stability"]["threshold"])
     median = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in jaccard])
-    stability = ClusterStability(jaccard, median, median >= threshold, threshold)
+    # Runs stored before fates were recorded have none; they read as None, not as zeros.
+    fates = data["stability"].get("fates")
+    fates = None if fates is None else np.array(fates, dtype=np.int64).reshape(jaccard.shape)
+    stability = ClusterStability(jaccard, median, median >= threshold, threshold, fates)
     h = data.get("h0")
     control = None
     if h:

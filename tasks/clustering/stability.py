@@ -16,6 +16,14 @@ Hennig (2007, "Cluster-wise assessment of cluster stability"; the R package fpc'
 4. summarise each cluster by the median over bootstraps; it is stable when the median is at
    least STABLE_JACCARD (0.6, see there for the reason).
 
+A median says that a cluster does not come back, not what becomes of it, and the three ways it
+can fail mean different things to a researcher. So each resample also records the cluster's
+fate (`fates`): kept (best Jaccard at the threshold or above); dissolved (half or more of its
+drawn prompts are noise); merged (its largest piece D is less pure than complete: |C & D| / |C|
+>= |C & D| / |D|, so it went into something larger than itself); else split (its largest piece
+is purer than complete: it broke into parts). A cluster split in most resamples holds two or more
+sub-populations; one merged in most is part of a larger pattern; one dissolved is near noise.
+
 Shapes: n rows, D dimension, K original clusters, B bootstraps.
 """
 
@@ -31,19 +39,73 @@ from refusal_atlas.tasks.clustering.null_model import N_DRAWS, STABLE_JACCARD, c
 from refusal_atlas.tasks.settings import ClusterSettings
 
 
+#: Codes of a cluster's fate in one resample (`ClusterStability.fates`); NOT_DRAWN when none of
+#: its prompts were drawn.
+NOT_DRAWN, KEPT, SPLIT, MERGED, DISSOLVED = -1, 0, 1, 2, 3
+FATE_NAMES = {KEPT: "kept", SPLIT: "split", MERGED: "merged", DISSOLVED: "dissolved"}
+
+
 @dataclass(frozen=True)
 class ClusterStability:
     """jaccard [K, B]: best-match Jaccard of each cluster in each bootstrap (NaN when none of its
-    prompts were drawn); median [K]; stable [K] bool (median >= threshold)."""
+    prompts were drawn); median [K]; stable [K] bool (median >= threshold); fates [K, B] int
+    (KEPT, SPLIT, MERGED, DISSOLVED or NOT_DRAWN), or None for runs stored before fates were
+    recorded."""
 
     jaccard: np.ndarray
     median: np.ndarray
     stable: np.ndarray
     threshold: float
+    fates: np.ndarray | None = None
 
     @property
     def n_bootstraps(self) -> int:
         return int(self.jaccard.shape[1])
+
+    def fate_counts(self, k: int) -> dict[str, int] | None:
+        """{"kept": n, "split": n, "merged": n, "dissolved": n} for cluster k, or None."""
+        if self.fates is None:
+            return None
+        row = self.fates[k]
+        return {name: int(np.sum(row == code)) for code, name in FATE_NAMES.items()}
+
+    def describe_fates(self, k: int) -> str:
+        """The fates that occurred, e.g. "kept in 9, split in 11 of 20 resamples"; "" when not recorded."""
+        counts = self.fate_counts(k)
+        if counts is None:
+            return ""
+        drawn = sum(counts.values())
+        parts = [f"{name} in {n}" for name, n in counts.items() if n]
+        return f"{', '.join(parts)} of {drawn} resamples" if parts else ""
+
+
+def fates_of(original: np.ndarray, boot: np.ndarray, n_clusters: int, jaccard: np.ndarray,
+             threshold: float) -> np.ndarray:
+    """Per original cluster, its fate in one resample [K] (codes above).
+
+    original [m], boot [m]: the drawn prompts' original and bootstrap labels (-1 noise);
+    jaccard [K]: best_jaccard of the same resample.
+    """
+    out = np.full(n_clusters, NOT_DRAWN)
+    n_boot = int(boot.max(initial=-1)) + 1
+    boot_sizes = np.bincount(boot[boot >= 0], minlength=n_boot)
+    for k in range(n_clusters):
+        mine = original == k
+        drawn = int(mine.sum())
+        if drawn == 0:
+            continue
+        if jaccard[k] >= threshold:
+            out[k] = KEPT
+            continue
+        theirs = boot[mine]
+        if np.sum(theirs < 0) * 2 >= drawn or n_boot == 0:
+            out[k] = DISSOLVED
+            continue
+        pieces = np.bincount(theirs[theirs >= 0], minlength=n_boot)
+        largest = int(pieces.argmax())
+        complete, pure = pieces[largest] / drawn, pieces[largest] / boot_sizes[largest]
+        out[k] = MERGED if complete >= pure else SPLIT
+    return out
 
 
 def best_jaccard(original: np.ndarray, boot: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -96,6 +158,7 @@ def bootstrap_stability(
     seed = settings.seed if seed is None else seed
     n_clusters = int(labels.max(initial=-1)) + 1
     jaccard = np.full((n_clusters, n_bootstraps), np.nan)
+    fates = np.full((n_clusters, n_bootstraps), NOT_DRAWN)
     for b in progress(range(n_bootstraps)):
         rows = np.unique(np.random.default_rng([seed, b]).integers(0, x.shape[0], x.shape[0]))
         try:
@@ -103,11 +166,12 @@ def bootstrap_stability(
         except ClusteringError:
             # Too few distinct rows drawn to cluster at all (small runs): no cluster reappeared
             # in this resample, which is what a Jaccard of 0 says.
-            jaccard[:, b] = 0.0
-            continue
+            boot = np.full(rows.size, -1)
         jaccard[:, b] = best_jaccard(labels[rows], boot, n_clusters)
+        fates[:, b] = fates_of(labels[rows], boot, n_clusters, jaccard[:, b], threshold)
     if n_clusters:
         median = np.array([np.nanmedian(row) if np.isfinite(row).any() else np.nan for row in jaccard])
     else:
         median = np.zeros(0)
-    return ClusterStability(jaccard=jaccard, median=median, stable=median >= threshold, threshold=threshold)
+    return ClusterStability(jaccard=jaccard, median=median, stable=median >= threshold, threshold=threshold,
+                            fates=fates)

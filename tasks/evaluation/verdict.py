@@ -151,6 +151,12 @@ class Verdict:
         return f"Verdict: {label}. {self.reason}"
 
 
+def _fates(stability: ClusterStability, k: int) -> str:
+    """What became of cluster k in the resamples, e.g. "; kept in 9, split in 11 of 20 resamples"."""
+    described = stability.describe_fates(k)
+    return f"; {described}" if described else ""
+
+
 def _cluster_criteria(
     k: int, null: NullModelResult, stability: ClusterStability, evidence: ClusterEvidence,
     alpha: float, share: float,
@@ -163,7 +169,8 @@ def _cluster_criteria(
                   "structureless sets", bool(p < alpha), k),
         Criterion(f"cluster {k}: stable",
                   f"median Jaccard {float(stability.median[k]):.2f} over {stability.n_bootstraps} "
-                  f"bootstraps (stable at >= {stability.threshold:g})", bool(stability.stable[k]), k),
+                  f"bootstraps (stable at >= {stability.threshold:g})" + _fates(stability, k),
+                  bool(stability.stable[k]), k),
         Criterion(f"cluster {k}: specific (held out)",
                   f"own minus other clusters' effect {evidence.specificity.format()}",
                   bool(evidence.specificity.low > 0), k),

@@ -105,7 +105,8 @@ def _stability(significance, k: int) -> str | None:
         return None
     s = significance.stability
     word = "stable" if s.stable[k] else "UNSTABLE"
-    return f"{word} (median Jaccard {float(s.median[k]):.2f})"
+    fates = s.describe_fates(k)
+    return f"{word} (median Jaccard {float(s.median[k]):.2f}{'; ' + fates if fates else ''})"
 
 
 def _plain(value):
@@ -131,7 +132,9 @@ def clusters_table(rows: list[dict]) -> Table:
             "f(h_0 + alpha ||h_0|| d) - f(h_0) at the cluster's layer; induce Δf: the cluster direction's "
             "mean change in f on held-out harmless prompts (evaluation). Within cos above the cosine between "
             "clusters and a positive mean effect of the members are expected by construction, not evidence. "
-            "stability: per-cluster bootstrap (UNSTABLE below a median Jaccard of 0.6); p vs null: the "
+            "stability: per-cluster bootstrap (UNSTABLE below a median Jaccard of 0.6), with what became of the "
+            "cluster in the resamples: kept, split into purer parts, merged into a larger cluster, or "
+            "dissolved into noise; p vs null: the "
             "cluster's persistence against structureless surrogate sets.")
     return Table("Clusters", columns, body, note)
 
