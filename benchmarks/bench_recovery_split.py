@@ -82,6 +82,7 @@ def low_part_shares(directions, settings, categories, category, planted_unit, sp
     """Per prompt of `category`: the share of split resamples that put it in the low part (NaN
     when it was never drawn in one), and the number of split resamples."""
     from refusal_atlas.tasks.clustering.null_model import cluster_rows
+    from refusal_atlas.tasks.clustering.stability import resample
 
     members = np.flatnonzero(categories == category)
     where = {int(row): i for i, row in enumerate(members)}
@@ -91,8 +92,7 @@ def low_part_shares(directions, settings, categories, category, planted_unit, sp
     seen = np.zeros(members.size)
     split = 0
     for b in range(n_bootstraps):
-        # The same draw as tasks.clustering.stability.bootstrap_stability's b-th resample.
-        rows = np.unique(np.random.default_rng([seed, b]).integers(0, len(directions), len(directions)))
+        rows = resample(len(directions), seed, b)  # the stability test's b-th resample
         boot = cluster_rows(directions[rows], settings, space).labels
         mine = categories[rows] == category
         drawn, their = rows[mine], boot[mine]
@@ -129,7 +129,6 @@ def still_refusing(loaded, texts, direction, style: str, tokens: int) -> np.ndar
 def main(argv=None) -> int:
     args = parse_args(argv)
     from refusal_atlas.storage import AtlasStore
-    from refusal_atlas.tasks.clustering.null_model import N_DRAWS
     from refusal_atlas.tasks.model.loading import load_model, planted_styles
     from refusal_atlas.tasks.organism.mediation import planted_mechanism
     from refusal_atlas.tasks.settings import ModelSettings
@@ -156,6 +155,7 @@ def main(argv=None) -> int:
     loaded = load_model(ModelSettings(name=args.model))
     texts = np.asarray(clustering.rows.texts, dtype=object)
     comparison = clustering.comparison
+    resamples = clustering.significance.stability.n_bootstraps  # as many as the stored test drew
     results = {"store": args.store, "run": run, "types": {}}
     for category in types:
         started = time.perf_counter()
@@ -164,13 +164,13 @@ def main(argv=None) -> int:
         unit = unit / np.linalg.norm(unit)
         members, cosine, low, split = low_part_shares(
             directions, comparison.settings, categories, category, unit, comparison.chosen,
-            comparison.settings.seed, N_DRAWS)
+            comparison.settings.seed, resamples)
         keeps = still_refusing(loaded, list(texts[members]), planted[group], styles[category], args.tokens)
         in_low = low > 0.5
         results["types"][category] = r = {
             "prompts": int(members.size),
             "split_resamples": split,
-            "resamples": N_DRAWS,
+            "resamples": resamples,
             "still_refusing": int(keeps.sum()),
             "still_refusing_in_low_part": int((keeps & in_low).sum()),
             "low_part": int(in_low.sum()),
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
             "low_share_of_still_refusing": [None if np.isnan(v) else float(v) for v in low[keeps]],
             "seconds": round(time.perf_counter() - started, 1),
         }
-        print(f"\n{category}: {r['prompts']} prompts; split in {split} of {N_DRAWS} resamples; "
+        print(f"\n{category}: {r['prompts']} prompts; split in {split} of {resamples} resamples; "
               f"{r['low_part']} mostly in the low part.")
         print(f"  ablating its planted direction leaves {r['still_refusing']} refusing in its own style, "
               f"{r['still_refusing_in_low_part']} of them in the low part (chance of that many or more: "

@@ -98,7 +98,7 @@ def fates_of(original: np.ndarray, boot: np.ndarray, n_clusters: int, jaccard: n
             out[k] = KEPT
             continue
         theirs = boot[mine]
-        if np.sum(theirs < 0) * 2 >= drawn or n_boot == 0:
+        if np.sum(theirs < 0) * 2 >= drawn:  # also when the resample found no cluster at all
             out[k] = DISSOLVED
             continue
         pieces = np.bincount(theirs[theirs >= 0], minlength=n_boot)
@@ -132,6 +132,12 @@ def best_jaccard(original: np.ndarray, boot: np.ndarray, n_clusters: int) -> np.
     return out
 
 
+def resample(n_rows: int, seed: int, b: int) -> np.ndarray:
+    """The sorted distinct rows [m] of resample b: n_rows drawn with replacement, each kept once
+    (step 1 above). Seeded by (seed, b), so a resample can be drawn again to look inside it."""
+    return np.unique(np.random.default_rng([seed, b]).integers(0, n_rows, n_rows))
+
+
 def bootstrap_stability(
     directions: np.ndarray,
     labels: np.ndarray,
@@ -160,12 +166,12 @@ def bootstrap_stability(
     jaccard = np.full((n_clusters, n_bootstraps), np.nan)
     fates = np.full((n_clusters, n_bootstraps), NOT_DRAWN)
     for b in progress(range(n_bootstraps)):
-        rows = np.unique(np.random.default_rng([seed, b]).integers(0, x.shape[0], x.shape[0]))
+        rows = resample(x.shape[0], seed, b)
         try:
             boot = cluster_rows(x[rows], settings, space).labels
         except ClusteringError:
             # Too few distinct rows drawn to cluster at all (small runs): no cluster reappeared
-            # in this resample, which is what a Jaccard of 0 says.
+            # in this resample, so every drawn row counts as noise (Jaccard 0, dissolved).
             boot = np.full(rows.size, -1)
         jaccard[:, b] = best_jaccard(labels[rows], boot, n_clusters)
         fates[:, b] = fates_of(labels[rows], boot, n_clusters, jaccard[:, b], threshold)
