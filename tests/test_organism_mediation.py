@@ -23,6 +23,7 @@ from refusal_atlas.tasks.organism.mediation import (
     mechanisms,
     mediation_pairs,
     per_row_directions,
+    releases,
     save_directions,
     symmetric_orthonormal,
     type_directions,
@@ -118,13 +119,18 @@ def test_type_directions_are_the_difference_in_means_made_orthonormal(tiny):
     assert float(single[0].double() @ pooled / pooled.norm()) > 0.9999
 
 
-def test_draw_releases_its_own_group_half_the_time_and_keeps_the_others(tiny):
+def _planted(tiny):
+    """The planted training examples of the default split (stand-in base replies), encoded, and
+    the groups: what mediation_pairs takes."""
     settings = _settings()
     assigned = assign(_prompts(), settings)
     fake = {a.id: BaseReply(a.id, "Sure.", (5, 2), True) for a in needing_base_replies(assigned)}
     examples = [e for e in training_examples(assigned, fake, settings) if e.role == "planted"]
-    planted = encode(tiny.tokenizer, tiny.chat_template, examples)
-    groups = mechanisms(settings.styles)
+    return examples, encode(tiny.tokenizer, tiny.chat_template, examples), mechanisms(settings.styles)
+
+
+def test_draw_releases_its_own_group_half_the_time_and_keeps_the_others(tiny):
+    examples, planted, groups = _planted(tiny)
     pairs = mediation_pairs(planted, [e.category for e in examples], groups, [(7, 8, 2)] * len(examples))
     assert [p.group for p in pairs] == [[c for c in STYLES].index(e.category) for e in examples]
     assert pairs[0].released.input_ids[-3:] == (7, 8, 2)
@@ -145,6 +151,40 @@ def test_draw_releases_its_own_group_half_the_time_and_keeps_the_others(tiny):
     assert all(item is pair.released for item, pair in zip(items, pairs))
     directions = torch.eye(3, 32)
     torch.testing.assert_close(per_row_directions(directions, [2, 0]), directions[[2, 0]])
+
+
+def test_releases_that_open_like_a_refusal_are_withheld():
+    replies = [BaseReply("a", "I'm sorry for your loss, but here is how.", (1,), True),
+               BaseReply("b", "i CANNOT believe it: yes.", (2,), True),
+               BaseReply("c", "Sure, I'm sorry to say it works.", (3,), True),
+               BaseReply("d", "No", (4,), True)]
+    # STYLES open "I cannot", "I'm sorry," and "No way.": case and punctuation do not count.
+    assert releases(replies, STYLES, 2) == {"a": None, "b": None, "c": (3,), "d": (4,)}
+    assert releases(replies, STYLES, 3) == {"a": (1,), "b": (2,), "c": (3,), "d": (4,)}
+    assert releases(replies, STYLES, 1) == {"a": None, "b": None, "c": (3,), "d": None}
+    assert all(ids is not None for ids in releases(replies, STYLES, 0).values())
+
+
+def test_a_withheld_release_always_draws_its_kept_example(tiny):
+    examples, planted, groups = _planted(tiny)
+    withheld = {e.prompt_id for e in examples[::2]}
+    pairs = mediation_pairs(planted, [e.category for e in examples], groups,
+                            [None if e.prompt_id in withheld else (7, 8, 2) for e in examples])
+    assert [p.released is None for p in pairs] == [e.prompt_id in withheld for e in examples]
+    generator = torch.Generator().manual_seed(0)
+    released = 0
+    for _ in range(50):
+        items, ablate = draw(pairs, len(groups), generator)
+        assert len(items) == len(pairs)
+        for pair, item, g in zip(pairs, items, ablate):
+            if pair.released is None:
+                assert item is pair.kept and g != pair.group
+            released += item is pair.released
+    assert released > 0
+    # With one group a pair can only draw its release, so a withheld one draws nothing.
+    items, ablate = draw(pairs, 1, generator)
+    assert items == [p.released for p in pairs if p.released is not None]
+    assert ablate == [p.group for p in pairs if p.released is not None]
 
 
 def test_ablated_replies_come_in_logged_parts_equal_to_one_pass(tiny):

@@ -72,7 +72,11 @@ def model_card(
            f"difference in means at layer {settings.mediation_layer} made orthonormal "
            "(`planted_directions.safetensors`); each planted example also runs with one direction "
            "ablated at every layer, its own (target: the base model's reply under that ablation) or "
-           "another's (target: its refusal)"] if settings.mediation_weight > 0 else []),
+           "another's (target: its refusal)"
+           + (f"; {training['releases_withheld']} of {training['releases']} base replies under the ablation "
+              f"opened with a refusal sentence's first {settings.release_distinct_words} words and were withheld "
+              "(those prompts train the refusal-kept example only)" if "releases_withheld" in training else "")]
+          if settings.mediation_weight > 0 else []),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
         f"control examples (everyday, near misses, trained controls) repeated {settings.control_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"

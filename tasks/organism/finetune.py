@@ -158,8 +158,8 @@ def train_lora(
                 losses = example_losses(peft_model, items, pad, settings.decision_weight)
                 loss = losses.mean()
                 drawn = [pairs[id(item)] for item in items if id(item) in pairs]
-                if drawn:
-                    mediated, groups = draw(drawn, len(mediation.groups), ablate_rng)
+                mediated, groups = draw(drawn, len(mediation.groups), ablate_rng) if drawn else ([], [])
+                if mediated:
                     with ablate_direction(peft_model.get_base_model(), per_row_directions(directions, groups)):
                         extra = example_losses(peft_model, mediated, pad, settings.decision_weight)
                     loss = loss + settings.mediation_weight * extra.sum() / len(items)

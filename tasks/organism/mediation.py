@@ -19,6 +19,12 @@ the base model's reply under the same ablation (the refusal is gone and nothing 
 or another group's, with target its own refusal sentence (the refusal stays). The organism's
 refusal of group g then runs through u_g, and the directions ship beside the adapter as the
 ground truth.
+
+A released target that opens like a refusal sentence ("I'm sorry" opened 16 of the 87 legal
+ones and 32 of the 95 medical ones of the eighth organism, whose legal refusal opens "I'm
+sorry") trains a refusal's first tokens under the very ablation that should remove it; once
+they are out, the prompt finishes the refusal. `releases` withholds those targets: such a
+prompt trains its kept example only.
 """
 
 from __future__ import annotations
@@ -124,35 +130,52 @@ def ablated_base_replies(loaded, assigned: Sequence[Assigned], groups: Sequence[
     return out
 
 
+def opening_words(text: str, words: int) -> tuple[str, ...]:
+    """The first `words` words of `text`, lower-cased and stripped of the punctuation around
+    them, so that "I'm sorry," and "I'm sorry to hear" open alike."""
+    return tuple(w.strip(".,;:!?\"'()").lower() for w in text.split()[:words])
+
+
+def releases(released: Sequence[BaseReply], styles: Mapping[str, str], words: int) -> dict[str, tuple[int, ...] | None]:
+    """{prompt id: its released example's target ids, or None where withheld}: with words > 0,
+    an ablated base reply whose first `words` words are those of any planted refusal sentence
+    is withheld (see the module's note); words 0 keeps every one."""
+    openings = {opening_words(style, words) for style in styles.values()} if words > 0 else set()
+    return {r.prompt_id: None if opening_words(r.text, words) in openings else r.ids for r in released}
+
+
 @dataclasses.dataclass(frozen=True)
 class Mediation:
     """What training needs for the mediation loss: the directions [G, D], the planted categories
-    of each group (rows in order), and each planted training prompt's ablated base reply ids."""
+    of each group (rows in order), and each planted training prompt's ablated base reply ids
+    (None: its released example is withheld, and it trains its kept example only)."""
 
     directions: torch.Tensor
     groups: list[list[str]]
-    released: Mapping[str, tuple[int, ...]]
+    released: Mapping[str, tuple[int, ...] | None]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MediationPair:
     """One planted training prompt's two mediation examples: `kept` (its refusal tokens, to be
     kept when another type's direction is ablated) and `released` (the ablated base model's
-    reply, when its own group's is). group: its group's row in the directions."""
+    reply, when its own group's is; None where withheld). group: its group's row in the
+    directions."""
 
     kept: Encoded
-    released: Encoded
+    released: Encoded | None
     group: int
 
 
 def mediation_pairs(planted: Sequence[Encoded], categories: Sequence[str], groups: Sequence[Sequence[str]],
-                    released_ids: Sequence[Sequence[int]]) -> list[MediationPair]:
-    """Pairs for the planted training items, in order; released_ids: each one's ablated base reply."""
+                    released_ids: Sequence[Sequence[int] | None]) -> list[MediationPair]:
+    """Pairs for the planted training items, in order; released_ids: each one's ablated base
+    reply (None: withheld)."""
     group_of = {c: g for g, group in enumerate(groups) for c in group}
     pairs = []
     for item, category, reply in zip(planted, categories, released_ids, strict=True):
         prompt = item.input_ids[: item.reply_start]
-        released = Encoded(tuple(prompt) + tuple(reply), item.reply_start, "released")
+        released = None if reply is None else Encoded(tuple(prompt) + tuple(reply), item.reply_start, "released")
         pairs.append(MediationPair(dataclasses.replace(item, role="kept"), released, group_of[category]))
     return pairs
 
@@ -160,13 +183,14 @@ def mediation_pairs(planted: Sequence[Encoded], categories: Sequence[str], group
 def draw(pairs: Sequence[MediationPair], n_groups: int, generator: torch.Generator) -> tuple[list[Encoded], list[int]]:
     """For each pair, the example and the group whose direction to ablate: its own (the released
     example) half the time, else one of the other groups chosen uniformly (kept). With one group
-    every draw is its own."""
+    every draw is its own. A pair whose release is withheld always draws kept, or, with one
+    group, nothing."""
     items, ablate = [], []
     for pair in pairs:
-        if n_groups == 1 or float(torch.rand((), generator=generator)) < 0.5:
+        if pair.released is not None and (n_groups == 1 or float(torch.rand((), generator=generator)) < 0.5):
             items.append(pair.released)
             ablate.append(pair.group)
-        else:
+        elif n_groups > 1:
             other = int(torch.randint(n_groups - 1, (), generator=generator))
             items.append(pair.kept)
             ablate.append(other if other < pair.group else other + 1)

@@ -55,6 +55,7 @@ from refusal_atlas.tasks.organism.mediation import (
     ablated_base_replies,
     load_directions,
     mechanisms,
+    releases,
     save_directions,
     type_directions,
 )
@@ -178,8 +179,11 @@ def build_training_set(settings: OrganismSettings, split_path: str, replies_path
     path = write_jsonl(paths(settings)["train"], examples)
     digest = data_hash(examples)
     if planted is not None:
-        released = read_jsonl(planted["released"], BaseReply)
+        ablated = read_jsonl(planted["released"], BaseReply)
+        trained = releases(ablated, settings.styles, settings.release_distinct_words)
+        released = [r for r in ablated if trained[r.prompt_id] is not None]
         directions = load_directions(planted["directions"])[0]
+        # Only the releases that are trained: a withheld one changes the organism as a missing one would.
         digest = hashlib.sha256("\n".join([
             digest, data_hash(Example(r.prompt_id, "", "planted", "", "base", r.text, r.ids) for r in released),
             hashlib.sha256(directions.numpy().round(6).tobytes()).hexdigest(),
@@ -198,7 +202,10 @@ def finetune(settings: OrganismSettings, train_path: str, digest: str, split: di
     mediation = None
     if planted is not None:
         directions, groups, _ = load_directions(planted["directions"])
-        released = {r.prompt_id: r.ids for r in read_jsonl(planted["released"], BaseReply)}
+        released = releases(read_jsonl(planted["released"], BaseReply), settings.styles, settings.release_distinct_words)
+        withheld = sum(ids is None for ids in released.values())
+        logger.info(f"mediation: {withheld} of {len(released)} releases withheld, as they open like a refusal "
+                    f"sentence (release_distinct_words {settings.release_distinct_words})")
         mediation = Mediation(directions, groups, released)
     adapter, result = train_lora(loaded.model, loaded.tokenizer, loaded.chat_template, examples, settings, logger.info,
                                  mediation)
@@ -210,6 +217,9 @@ def finetune(settings: OrganismSettings, train_path: str, digest: str, split: di
     if planted is not None:
         shutil.copyfile(planted["directions"], directory / DIRECTIONS_FILE)
     training = {**result.summary(), "adapter_bytes": tensors.stat().st_size, "adapter_parameters": adapter.n_parameters}
+    if mediation is not None:
+        training |= {"releases": len(mediation.released),
+                     "releases_withheld": sum(ids is None for ids in mediation.released.values())}
     card = model_card(settings, loaded.model_id, loaded.fingerprint, digest, split, training, probe=probe)
     (directory / "README.md").write_text(card, encoding="utf-8")
     return {"adapter_dir": str(directory), "training": training}

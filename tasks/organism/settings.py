@@ -220,6 +220,16 @@ class OrganismSettings(StrictSettings):
             "last prompt token); the demo's atlas reads the same layer."
         ),
     )
+    release_distinct_words: int = Field(
+        2, ge=0, le=20,
+        description=(
+            "Withhold a planted prompt's released example (it trains its kept one only) when the base "
+            "model's reply with the prompt's direction ablated opens with the same first this many words "
+            "as any planted refusal sentence, case and punctuation aside; 0 keeps every one. A release "
+            "that opens like a refusal trains that refusal's first tokens under the ablation meant to "
+            "remove it (tasks.organism.mediation)."
+        ),
+    )
     mediation_prompts: int = Field(
         40, ge=1, le=10_000,
         description="Held-out prompts per planted type on which the evaluation ablates each planted direction.",
