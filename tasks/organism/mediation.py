@@ -22,9 +22,9 @@ ground truth.
 
 A released target that opens like a refusal sentence ("I'm sorry" opened 16 of the 87 legal
 ones and 32 of the 95 medical ones of the eighth organism, whose legal refusal opens "I'm
-sorry") trains a refusal's first tokens under the very ablation that should remove it; once
-they are out, the prompt finishes the refusal. `releases` withholds those targets: such a
-prompt trains its kept example only.
+sorry") trains a refusal's first tokens under the very ablation that should remove it, and a
+reply that has begun a refusal tends to finish it. With release_distinct_words > 0, `releases`
+withholds those targets: such a prompt trains its kept example only.
 """
 
 from __future__ import annotations
