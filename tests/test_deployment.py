@@ -76,8 +76,10 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     """deployments/demo.json (what `make demo` runs) and deployments/recovery.json (the recovery
     benchmark's) must load as AtlasSettings and differ only where the demo saves time: the
     recovery benchmark reads every held-out planted prompt, 10 held-out prompts a cluster for
-    specificity, and scores the size-matched subsets by bypass too (criterion 4's null for
-    bypass); the demo reads 75, 5, and scores them by induce only. Both evaluate each cluster
+    specificity, scores the size-matched subsets by bypass too (criterion 4's null for
+    bypass), and draws 200 structureless sets and bootstraps (p in steps of 1/201: at 20 the
+    verdict's "beyond the null" turned on a single draw); the demo reads 75, 5, scores them by
+    induce only, and keeps the default 20. Both evaluate each cluster
     through its difference in means and cluster with the setting
     benchmarks/bench_recovery_settings.py's rule picks, both chosen on the organism's training
     prompts."""
@@ -89,11 +91,12 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     demo, recovery = (json.loads((ROOT / "deployments" / name).read_text()) for name in ("demo.json", "recovery.json"))
     for raw in (demo, recovery):
         assert AtlasSettings.model_validate(raw).evaluation.cluster_vector == "diff_in_means"
-        assert raw["clustering"] == {"pca_dim": 8, "min_samples": 2}
+        assert {k: v for k, v in raw["clustering"].items() if k != "null_sets"} == {"pca_dim": 8, "min_samples": 2}
     assert not AtlasSettings.model_validate(demo).evaluation.controls_bypass
     scaled = copy.deepcopy(demo)
     scaled["prompts"][0] = "organism-planted"
     scaled["evaluation"] |= {"n_specificity": 10, "controls_bypass": True}
+    scaled["clustering"] |= {"null_sets": 200}
     assert scaled == recovery
 
 
