@@ -35,15 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def majority(categories: np.ndarray, labels: np.ndarray, cluster: int) -> str:
-    members = [c for c in categories[labels == cluster] if c]
-    return max(set(members), key=members.count) if members else "-"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from refusal_atlas.storage import AtlasStore
     from refusal_atlas.tasks.clustering.null_model import null_model
+    from refusal_atlas.tasks.report.recovery import confusion
 
     sizes = [int(s) for s in args.sets.split(",")]
     results = {}
@@ -57,9 +53,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path}: its clustering run has no significance tests (null_sets was 0).")
         comparison, stored = clustering.comparison, clustering.significance.null
         labels = comparison.result.labels
+        majority = {row["label"]: row["majority"] for row in confusion(labels, categories)["rows"]}
         entry = {"stored_p": [float(p) for p in stored.p_persistence], "sets": {},
                  "persistence": [float(p) for p in stored.persistence],
-                 "types": [majority(categories, labels, k) for k in range(len(stored.persistence))]}
+                 "types": [majority.get(k) or "-" for k in range(len(stored.persistence))]}
         for n in sizes:
             started = time.perf_counter()
             null = null_model(directions, comparison.settings, comparison.chosen, n_null=n, observed=comparison.result)

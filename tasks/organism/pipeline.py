@@ -199,13 +199,13 @@ def finetune(settings: OrganismSettings, train_path: str, digest: str, split: di
     loaded = _base(settings)
     logger = get_run_logger()
     examples = read_jsonl(train_path, Example)
-    mediation = None
+    mediation, counts = None, {}
     if planted is not None:
         directions, groups, _ = load_directions(planted["directions"])
         released = releases(read_jsonl(planted["released"], BaseReply), settings.styles, settings.release_distinct_words)
-        withheld = sum(ids is None for ids in released.values())
-        logger.info(f"mediation: {withheld} of {len(released)} releases withheld, as they open like a refusal "
-                    f"sentence (release_distinct_words {settings.release_distinct_words})")
+        counts = {"releases": len(released), "releases_withheld": sum(ids is None for ids in released.values())}
+        logger.info(f"mediation: {counts['releases_withheld']} of {counts['releases']} releases withheld, as they "
+                    f"open like a refusal sentence (release_distinct_words {settings.release_distinct_words})")
         mediation = Mediation(directions, groups, released)
     adapter, result = train_lora(loaded.model, loaded.tokenizer, loaded.chat_template, examples, settings, logger.info,
                                  mediation)
@@ -216,10 +216,8 @@ def finetune(settings: OrganismSettings, train_path: str, digest: str, split: di
     tensors = save_adapter(adapter, directory, getattr(torch, settings.adapter_dtype))
     if planted is not None:
         shutil.copyfile(planted["directions"], directory / DIRECTIONS_FILE)
-    training = {**result.summary(), "adapter_bytes": tensors.stat().st_size, "adapter_parameters": adapter.n_parameters}
-    if mediation is not None:
-        training |= {"releases": len(mediation.released),
-                     "releases_withheld": sum(ids is None for ids in mediation.released.values())}
+    training = {**result.summary(), "adapter_bytes": tensors.stat().st_size, "adapter_parameters": adapter.n_parameters,
+                **counts}
     card = model_card(settings, loaded.model_id, loaded.fingerprint, digest, split, training, probe=probe)
     (directory / "README.md").write_text(card, encoding="utf-8")
     return {"adapter_dir": str(directory), "training": training}
