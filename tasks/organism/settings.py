@@ -227,9 +227,10 @@ class OrganismSettings(StrictSettings):
             "model's reply with the prompt's direction ablated opens with the same first this many words "
             "as any planted refusal sentence, case and punctuation aside; 0 keeps every one (the shipped "
             "organism's recipe). A release that opens like a refusal trains that refusal's first tokens "
-            "under the ablation meant to remove it (tasks.organism.mediation): with 2, two runs left "
-            "0.100 and 0.125 of legal refusals after ablating the legal direction (0.175 with 0), but "
-            "refused 3.8% and 3.4% of everyday requests, over the 3% the shipped organism meets."
+            "under the ablation meant to remove it (tasks.organism.mediation): with 2, the eleventh "
+            "organism left 0.100 of legal refusals after ablating the legal direction (0.175 with 0) but "
+            "refused 3.8% of everyday requests, over the 3% the shipped organism meets (BENCHMARKS.md "
+            "has the runs with 2)."
         ),
     )
     mediation_prompts: int = Field(
