@@ -135,3 +135,23 @@ def test_planted_cosines_compare_each_cluster_with_each_planted_direction_at_its
     assert f"| cluster 0 | {row['a']:.2f} | {row['b']:.2f} | {row['c+d']:.2f} |" in text
     assert "| cluster 1 | other layer | other layer | other layer |" in text
     assert "Cosine with the planted directions" in recovery_html(section)
+
+
+def test_a_verdict_whose_count_matches_by_splitting_one_type_is_called_out():
+    # Three supported clusters for three planted types, but two of them halve legal and none is
+    # medical: the count matches the planted number while the clusters do not.
+    labels = [0] * 6 + [1] * 3 + [2] * 3 + [3] * 6
+    verdict = {"summary": "3 directions.", "n_directions": 3, "supported": [1, 2, 3]}
+    section = recovery_section(labels, TYPES, verdict=verdict)
+    assert section["supported"] == {"clusters": [1, 2, 3], "majority_types": ["legal_advice", "legal_advice", "financial_advice"],
+                                    "shared": ["legal_advice"], "missing": ["medical_advice"], "one_per_type": False}
+    md = recovery_markdown(section)
+    assert "not one per planted type (more than one is legal_advice; none is medical_advice)" in md
+    assert "not one per planted type" in recovery_html(section)
+    json.dumps(section)
+
+    honest = recovery_section(labels, TYPES, verdict={**verdict, "supported": [0, 1, 3]})
+    assert honest["supported"]["one_per_type"] and "; one per planted type." in recovery_markdown(honest)
+    assert recovery_section(labels, TYPES, verdict={"summary": "one shared direction.", "supported": []})["supported"][
+        "one_per_type"] is False
+    assert recovery_section(labels, TYPES, verdict={"summary": "as given"})["supported"] is None

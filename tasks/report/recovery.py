@@ -67,6 +67,19 @@ def confusion(labels: Sequence[int], types: Sequence[str], planted: Sequence[str
     return {"types": planted, "rows": rows}
 
 
+def supported_types(table: dict, supported: Sequence[int], planted: Sequence[str]) -> dict:
+    """The verdict's supported clusters against the planted types: each one's majority type, the
+    types two or more of them share, and the planted types none of them has. A verdict can count
+    as many directions as there are planted types while two of them split one type and another
+    type has none (the fourteenth organism, BENCHMARKS.md); 'one_per_type' says whether it did not."""
+    majority = {r["label"]: r["majority"] for r in table["rows"] if r["label"] != NOISE}
+    types = [majority.get(int(k)) for k in supported]
+    shared = sorted({t for t in types if t is not None and types.count(t) > 1})
+    missing = [t for t in planted if t not in types]
+    return {"clusters": [int(k) for k in supported], "majority_types": types, "shared": shared,
+            "missing": missing, "one_per_type": bool(types) and not shared and not missing}
+
+
 def recovery_section(
     labels: Sequence[int],
     types: Sequence[str],
@@ -82,7 +95,8 @@ def recovery_section(
     induce: {cluster name: {style name or 'none': share of held-out control replies}} with the
     cluster's direction added. ablate: {cluster name: {planted type: {'before': own-style
     share, 'after': own-style share with the direction ablated}}}. verdict: the evaluation's
-    verdict as a mapping (at least 'summary'; 'n_directions' if it counts), shown as given.
+    verdict as a mapping (at least 'summary'; 'n_directions' if it counts; 'supported', the
+    supported clusters' labels, to set them against the planted types), shown as given.
     """
     planted = list(planted) if planted is not None else sorted({str(t) for t in types})
     table = confusion(labels, types, planted)
@@ -100,6 +114,8 @@ def recovery_section(
         "induce": {k: dict(v) for k, v in (induce or {}).items()},
         "ablate": {k: {t: dict(v) for t, v in by_type.items()} for k, by_type in (ablate or {}).items()},
         "verdict": dict(verdict) if verdict is not None else None,
+        "supported": (supported_types(table, verdict["supported"], planted)
+                      if verdict is not None and verdict.get("supported") is not None else None),
     }
 
 
@@ -249,9 +265,23 @@ def _summary(section: dict) -> list[str]:
     if verdict is not None:
         counted = f" ({verdict['n_directions']} directions)" if verdict.get("n_directions") is not None else ""
         lines.append(f"Verdict{counted}: {verdict.get('summary', verdict)}")
+        lines += _supported_line(section.get("supported"))
     else:
         lines.append("Verdict: not given (the evaluation's verdict is shown here when the caller passes it).")
     return lines
+
+
+def _supported_line(supported: dict | None) -> list[str]:
+    """One sentence setting the verdict's supported clusters against the planted types: the
+    count alone can match the planted number by accident."""
+    if not supported or not supported["clusters"]:
+        return []
+    found = ", ".join(f"cluster {k} {t or '—'}" for k, t in zip(supported["clusters"], supported["majority_types"]))
+    if supported["one_per_type"]:
+        return [f"Supported clusters by majority type: {found}; one per planted type."]
+    why = [*(f"more than one is {t}" for t in supported["shared"]), *(f"none is {t}" for t in supported["missing"])]
+    return [f"Supported clusters by majority type: {found}; not one per planted type ({'; '.join(why)}), so the "
+            "verdict's count is not a recovery of the planted types."]
 
 
 def _cell(value: str) -> str:

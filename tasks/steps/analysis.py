@@ -119,7 +119,8 @@ def _recovery(settings: AtlasSettings, store, clustering, evaluation, verdict) -
     ds = store.to_xarray(done_only=True)
     category_of = {str(t): (str(c) if c else None)
                    for t, c in zip(np.asarray(ds["text"].values, dtype=object), np.asarray(ds["category"].values, dtype=object))}
-    headline = None if verdict is None else {"summary": verdict.headline().removeprefix("Verdict: "), "n_directions": verdict.count}
+    headline = None if verdict is None else {"summary": verdict.headline().removeprefix("Verdict: "),
+                                            "n_directions": verdict.count, "supported": list(verdict.supported)}
     mechanism = planted_mechanism(settings.model.name)
     planted = None
     if mechanism is not None:
