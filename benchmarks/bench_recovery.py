@@ -52,7 +52,8 @@ def run_model(who: str, name: str, args) -> dict:
     from refusal_atlas.flows.atlas import refusal_atlas
     from refusal_atlas.storage import AtlasStore
     from refusal_atlas.tasks.clustering.load import load_store_clustering
-    from refusal_atlas.tasks.report.recovery import recovery_markdown, recovery_section
+    from refusal_atlas.tasks.report.recovery import recovery_section
+    from refusal_atlas.tasks.report.recovery_text import recovery_markdown
     from refusal_atlas.tasks.settings import AtlasSettings
 
     settings = AtlasSettings.model_validate_json(Path(args.settings).read_text())

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from refusal_atlas.tasks.report.recovery import agreement, confusion, recovery_html, recovery_markdown, recovery_section
+from refusal_atlas.tasks.report.recovery import agreement, confusion, recovery_section
+from refusal_atlas.tasks.report.recovery_text import recovery_html, recovery_markdown
 
 TYPES = ["medical_advice"] * 6 + ["legal_advice"] * 6 + ["financial_advice"] * 6
 

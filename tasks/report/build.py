@@ -26,7 +26,7 @@ from refusal_atlas.tasks.clustering.significance import Significance
 from refusal_atlas.tasks.evaluation.evaluate import EvaluationResult
 from refusal_atlas.tasks.evaluation.evidence import rate_estimate
 from refusal_atlas.tasks.evaluation.verdict import Verdict
-from refusal_atlas.tasks.report.recovery import recovery_html, recovery_markdown
+from refusal_atlas.tasks.report.recovery_text import recovery_html, recovery_markdown
 from refusal_atlas.tasks.report.verdict_tables import (
     MARK,
     SCALE_LABEL,
