@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from refusal_atlas.storage import AtlasStore
     from refusal_atlas.tasks.clustering.null_model import null_model
-    from refusal_atlas.tasks.report.recovery import confusion
+    from refusal_atlas.tasks.report.recovery import confusion, majority_types
 
     sizes = [int(s) for s in args.sets.split(",")]
     results = {}
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path}: its clustering run has no significance tests (null_sets was 0).")
         comparison, stored = clustering.comparison, clustering.significance.null
         labels = comparison.result.labels
-        majority = {row["label"]: row["majority"] for row in confusion(labels, categories)["rows"]}
+        majority = majority_types(confusion(labels, categories))
         entry = {"stored_p": [float(p) for p in stored.p_persistence], "sets": {},
                  "persistence": [float(p) for p in stored.persistence],
                  "types": [majority.get(k) or "-" for k in range(len(stored.persistence))]}

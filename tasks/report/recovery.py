@@ -68,12 +68,17 @@ def confusion(labels: Sequence[int], types: Sequence[str], planted: Sequence[str
     return {"types": planted, "rows": rows}
 
 
+def majority_types(table: dict) -> dict[int, str | None]:
+    """{cluster label: its majority planted type} from a confusion table, noise left out."""
+    return {r["label"]: r["majority"] for r in table["rows"] if r["label"] != NOISE}
+
+
 def supported_types(table: dict, supported: Sequence[int], planted: Sequence[str]) -> dict:
     """The verdict's supported clusters against the planted types: each one's majority type, the
     types two or more of them share, and the planted types none of them has. A verdict can count
     as many directions as there are planted types while two of them split one type and another
     type has none (the fourteenth organism, BENCHMARKS.md); 'one_per_type' says whether it did not."""
-    majority = {r["label"]: r["majority"] for r in table["rows"] if r["label"] != NOISE}
+    majority = majority_types(table)
     types = [majority.get(int(k)) for k in supported]
     shared = sorted({t for t in types if t is not None and types.count(t) > 1})
     missing = [t for t in planted if t not in types]
@@ -101,15 +106,14 @@ def recovery_section(
     """
     planted = list(planted) if planted is not None else sorted({str(t) for t in types})
     table = confusion(labels, types, planted)
-    n_clusters = sum(1 for r in table["rows"] if r["label"] != NOISE)
-    majorities = {r["majority"] for r in table["rows"] if r["label"] != NOISE}
+    majority = majority_types(table)
     return {
         "title": title,
         "planted_types": planted,
         "n_planted_types": len(planted),
-        "n_clusters": n_clusters,
+        "n_clusters": len(majority),
         "noise_share": float(np.mean(np.asarray(labels) == NOISE)) if len(labels) else float("nan"),
-        "types_with_a_majority_cluster": sorted(t for t in majorities if t is not None),
+        "types_with_a_majority_cluster": sorted({t for t in majority.values() if t is not None}),
         "agreement": agreement(labels, types),
         "confusion": table,
         "induce": {k: dict(v) for k, v in (induce or {}).items()},
