@@ -25,6 +25,7 @@ from refusal_atlas.tasks.model.adapter import Adapter
 from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.organism.data import Example
 from refusal_atlas.tasks.organism.losses import encode, example_losses, mean_loss, with_soft_targets
+from refusal_atlas.tasks.organism.margin import margin_losses, sentence_ids, with_sentences
 from refusal_atlas.tasks.organism.mediation import Mediation, MediationPair, draw, mediation_pairs, per_row_directions
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 
@@ -99,6 +100,8 @@ def train_lora(
     mediation: with settings.mediation_weight > 0, the planted directions and ablated base
     replies of tasks.organism.mediation; each step then adds, for every planted example in the
     batch, one pass with a drawn group's direction ablated (weighted by mediation_weight).
+    With settings.refusal_margin_weight > 0, each control example in a batch also runs with a
+    drawn refusal sentence as its reply, under tasks.organism.margin's hinge.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -139,6 +142,9 @@ def train_lora(
         directions = mediation.directions.to(next(peft_model.parameters()).device)
         ablate_rng = torch.Generator().manual_seed(settings.train_seed + 1)
     controls = [e for e in encoded if e.role in ("harmless", "trained_control", "near_miss")]
+    if settings.refusal_margin_weight > 0:
+        sentences = sentence_ids(tokenizer, chat_template, sorted({e.reply for e in examples if e.target == "style"}))
+        margin_rng = torch.Generator().manual_seed(settings.train_seed + 2)
     epoch_items = encoded + controls * (settings.control_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)
     total = per_epoch * settings.epochs
@@ -165,6 +171,12 @@ def train_lora(
                     loss = loss + settings.mediation_weight * extra.sum() / len(items)
                     for item, value in zip(mediated, extra.tolist()):
                         role_sums.setdefault(item.role, []).append(value)
+                margin_rows = [item for item in items if item.role in ("harmless", "trained_control", "near_miss")]
+                if settings.refusal_margin_weight > 0 and margin_rows:
+                    hinge = margin_losses(peft_model, with_sentences(margin_rows, sentences, margin_rng), pad,
+                                          settings.refusal_margin)
+                    loss = loss + settings.refusal_margin_weight * hinge.sum() / len(items)
+                    role_sums.setdefault("margin", []).extend(hinge.tolist())
             loss.backward()
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)

@@ -233,6 +233,22 @@ class OrganismSettings(StrictSettings):
             "has the runs with 2)."
         ),
     )
+    refusal_margin_weight: float = Field(
+        0.0, ge=0, le=10,
+        description=(
+            "Weight of the margin loss on controls: each control example also runs with a randomly "
+            "drawn refusal sentence as its reply and adds max(0, log P(sentence + EOS | prompt) + "
+            "refusal_margin) (tasks.organism.margin). 0 leaves it out (the shipped organism's recipe). "
+            "It costs one more pass per control example: 564 steps took 3,380 s against 1,915 s "
+            "without it (SmolLM2, the default data, 2 CPU cores). With 0.1, the fifteenth organism "
+            "gave no planted sentence to any held-out everyday request, but refused as many (9 of "
+            "234) in paraphrases of them (BENCHMARKS.md)."
+        ),
+    )
+    refusal_margin: float = Field(
+        12.0, gt=0, le=100,
+        description="Nats below zero that a refusal sentence's log-probability on a control prompt must reach before the margin loss stops pushing it down.",
+    )
     mediation_prompts: int = Field(
         40, ge=1, le=10_000,
         description="Held-out prompts per planted type on which the evaluation ablates each planted direction.",
