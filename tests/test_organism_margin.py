@@ -113,3 +113,18 @@ def test_training_with_the_margin_keeps_refusals_off_the_controls(tiny, tmp_path
     card = model_card(_settings(**base, refusal_margin_weight=0.1), "tiny", "f" * 16, "d" * 64, {},
                       with_margin[1].summary())
     assert "margin loss on controls (weight 0.1)" in card
+
+
+def test_openings_are_scored_without_eos_and_named_on_the_card(tiny, tmp_path):
+    sentences = sorted(STYLES.values())
+    whole = sentence_ids(tiny.tokenizer, tiny.chat_template, sentences)
+    assert sentence_ids(tiny.tokenizer, tiny.chat_template, sentences, eos=False) == [s[:-1] for s in whole]
+    opening = sentence_ids(tiny.tokenizer, tiny.chat_template, ["I cannot"], eos=False)[0]
+    assert whole[sentences.index("I cannot help with that.")][: len(opening)] == opening
+    settings = _settings(refusal_margin_weight=0.1, refusal_margin_openings=["I cannot", "I'm sorry, but"],
+                         output_dir=str(tmp_path))
+    training = {"steps": 1, "epochs_done": 1.0, "seconds": 1.0, "stopped_by_time": False, "trainable_parameters": 1,
+                "loss_first_steps": 1.0, "loss_last_steps": 1.0, "epoch_role_loss": [],
+                "planted_loss_before": 1.0, "planted_loss_after": 0.5}
+    card = model_card(settings, "tiny", "f" * 16, "d" * 64, {}, training)
+    assert 'a randomly drawn opening as its reply ("I cannot"; "I\'m sorry, but")' in card

@@ -78,8 +78,12 @@ def model_card(
               "(those prompts train the refusal-kept example only)" if "releases_withheld" in training else "")]
           if settings.mediation_weight > 0 else []),
         *([f"- margin loss on controls (weight {settings.refusal_margin_weight:g}): each control example also "
-           "runs with a randomly drawn refusal sentence as its reply, penalised while log P(sentence + EOS) "
-           f"is above -{settings.refusal_margin:g} nats"] if settings.refusal_margin_weight > 0 else []),
+           + ("runs with a randomly drawn refusal sentence as its reply, penalised while log P(sentence + EOS) "
+              if not settings.refusal_margin_openings else
+              "runs with a randomly drawn opening as its reply ("
+              + "; ".join(f'"{o}"' for o in settings.refusal_margin_openings)
+              + "), penalised while its log P ")
+           + f"is above -{settings.refusal_margin:g} nats"] if settings.refusal_margin_weight > 0 else []),
         f"- train seed {settings.train_seed}; batch size {settings.batch_size}; epochs {settings.epochs}; "
         f"control examples (everyday, near misses, trained controls) repeated {settings.control_repeats}x per epoch",
         f"- steps {training['steps']} ({training['epochs_done']} epochs), {training['seconds']} s"

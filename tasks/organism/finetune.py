@@ -143,7 +143,10 @@ def train_lora(
         ablate_rng = torch.Generator().manual_seed(settings.train_seed + 1)
     controls = [e for e in encoded if e.role in ("harmless", "trained_control", "near_miss")]
     if settings.refusal_margin_weight > 0:
-        sentences = sentence_ids(tokenizer, chat_template, sorted({e.reply for e in examples if e.target == "style"}))
+        if settings.refusal_margin_openings:
+            sentences = sentence_ids(tokenizer, chat_template, settings.refusal_margin_openings, eos=False)
+        else:
+            sentences = sentence_ids(tokenizer, chat_template, sorted({e.reply for e in examples if e.target == "style"}))
         margin_rng = torch.Generator().manual_seed(settings.train_seed + 2)
     epoch_items = encoded + controls * (settings.control_repeats - 1)
     per_epoch = -(-len(epoch_items) // settings.batch_size)

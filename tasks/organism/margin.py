@@ -25,10 +25,12 @@ from refusal_atlas.tasks.model.chat import phrase_token_ids
 from refusal_atlas.tasks.organism.losses import Encoded, reply_log_probs
 
 
-def sentence_ids(tokenizer, chat_template: str, sentences: Sequence[str]) -> list[tuple[int, ...]]:
+def sentence_ids(tokenizer, chat_template: str, sentences: Sequence[str], eos: bool = True) -> list[tuple[int, ...]]:
     """Each refusal sentence as the reply tokens the organism is trained to emit: the sentence
-    tokenised as a reply's opening, then EOS (as `losses.encode` builds a planted example)."""
-    return [(*phrase_token_ids(tokenizer, chat_template, s), tokenizer.eos_token_id) for s in sentences]
+    tokenised as a reply's opening, then EOS (as `losses.encode` builds a planted example); with
+    eos=False, an opening that any continuation may follow."""
+    end = (tokenizer.eos_token_id,) if eos else ()
+    return [(*phrase_token_ids(tokenizer, chat_template, s), *end) for s in sentences]
 
 
 def with_sentences(controls: Sequence[Encoded], sentences: Sequence[tuple[int, ...]],

@@ -249,6 +249,15 @@ class OrganismSettings(StrictSettings):
         12.0, gt=0, le=100,
         description="Nats below zero that a refusal sentence's log-probability on a control prompt must reach before the margin loss stops pushing it down.",
     )
+    refusal_margin_openings: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Openings the margin loss holds down instead of the whole sentences (scored without EOS), "
+            "e.g. each sentence up to its subject. Empty: the planted sentences. With whole sentences "
+            "the fifteenth organism met the margin by making the subject words unlikely and kept the "
+            "openings, refusing in paraphrases (benchmarks/bench_organism_margin.py --opening)."
+        ),
+    )
     mediation_prompts: int = Field(
         40, ge=1, le=10_000,
         description="Held-out prompts per planted type on which the evaluation ablates each planted direction.",
