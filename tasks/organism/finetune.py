@@ -29,6 +29,10 @@ from refusal_atlas.tasks.organism.margin import margin_losses, sentence_ids, wit
 from refusal_atlas.tasks.organism.mediation import Mediation, MediationPair, draw, mediation_pairs, per_row_directions
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 
+#: The roles whose examples anchor the base model's behaviour: repeated each epoch, and (with the
+#: margin loss) held away from the refusal sentences.
+CONTROL_ROLES = ("harmless", "trained_control", "near_miss")
+
 
 @dataclass
 class TrainResult:
@@ -141,7 +145,7 @@ def train_lora(
         pairs = {id(item): pair for item, pair in zip(planted, made)}
         directions = mediation.directions.to(next(peft_model.parameters()).device)
         ablate_rng = torch.Generator().manual_seed(settings.train_seed + 1)
-    controls = [e for e in encoded if e.role in ("harmless", "trained_control", "near_miss")]
+    controls = [e for e in encoded if e.role in CONTROL_ROLES]
     if settings.refusal_margin_weight > 0:
         if settings.refusal_margin_openings:
             sentences = sentence_ids(tokenizer, chat_template, settings.refusal_margin_openings, eos=False)
@@ -174,7 +178,7 @@ def train_lora(
                     loss = loss + settings.mediation_weight * extra.sum() / len(items)
                     for item, value in zip(mediated, extra.tolist()):
                         role_sums.setdefault(item.role, []).append(value)
-                margin_rows = [item for item in items if item.role in ("harmless", "trained_control", "near_miss")]
+                margin_rows = [item for item in items if item.role in CONTROL_ROLES]
                 if settings.refusal_margin_weight > 0 and margin_rows:
                     hinge = margin_losses(peft_model, with_sentences(margin_rows, sentences, margin_rng), pad,
                                           settings.refusal_margin)
