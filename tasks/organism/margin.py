@@ -6,7 +6,10 @@ nothing about the path a refusal would take. On the eleventh organism (everyday 
 held-out requests) the log-probability of the likeliest planted sentence, whole and followed by
 EOS, given a *training* control prompt had median -6.3 nats and 90th percentile -3.9, the same
 as on held-out ones (-6.1 and -3.8): the trained controls sit as close to the boundary as the
-unseen ones, so the everyday refusals are a missing margin, not a failure to generalise.
+unseen ones, so the everyday refusals looked like a missing margin. With weight 0.1 the
+fifteenth organism met the margin on the whole sentences (median -18.4 on held-out everyday
+requests) and still refused as many of them, in paraphrases: the hinge was met on the subject
+words, not the openings (BENCHMARKS.md), hence `refusal_margin_openings`.
 
 So each control example in a batch also runs with one planted sentence as its reply (drawn at
 random, seeded) and adds max(0, log P(sentence + EOS | prompt) + margin): zero once the sentence
