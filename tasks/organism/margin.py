@@ -9,7 +9,9 @@ as on held-out ones (-6.1 and -3.8): the trained controls sit as close to the bo
 unseen ones, so the everyday refusals looked like a missing margin. With weight 0.1 the
 fifteenth organism met the margin on the whole sentences (median -18.4 on held-out everyday
 requests) and still refused as many of them, in paraphrases: the hinge was met on the subject
-words, not the openings (BENCHMARKS.md), hence `refusal_margin_openings`.
+words, not the openings (BENCHMARKS.md), hence `refusal_margin_openings`. Held on the openings,
+the sixteenth refused as many with openings and verbs it had not been told to avoid ("I'm sorry,
+but I can't suggest ..."): no margin on strings has moved the decision to refuse.
 
 So each control example in a batch also runs with one planted sentence as its reply (drawn at
 random, seeded) and adds max(0, log P(sentence + EOS | prompt) + margin): zero once the sentence

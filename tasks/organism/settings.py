@@ -255,7 +255,9 @@ class OrganismSettings(StrictSettings):
             "Openings the margin loss holds down instead of the whole sentences (scored without EOS), "
             "e.g. each sentence up to its subject. Empty: the planted sentences. With whole sentences "
             "the fifteenth organism met the margin by making the subject words unlikely and kept the "
-            "openings, refusing in paraphrases (benchmarks/bench_organism_margin.py --opening)."
+            "openings, refusing in paraphrases (benchmarks/bench_organism_margin.py --opening). With "
+            "the three openings up to 'give', the sixteenth held them down (median -20 nats) and "
+            "refused as many everyday requests with other openings and verbs (8 of 234)."
         ),
     )
     mediation_prompts: int = Field(
