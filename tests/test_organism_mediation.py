@@ -27,6 +27,7 @@ from refusal_atlas.tasks.organism.mediation import (
     save_directions,
     symmetric_orthonormal,
     type_directions,
+    whitened_differences,
 )
 from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
 from refusal_atlas.tasks.prompts.records import Prompt
@@ -117,6 +118,45 @@ def test_type_directions_are_the_difference_in_means_made_orthonormal(tiny):
     single = type_directions(tiny, assigned, mechanisms(_settings(single_style="No.").styles), layer=1)
     pooled = torch.stack([state(a.text) for a in train if a.role == "planted"]).mean(0) - base
     assert float(single[0].double() @ pooled / pooled.norm()) > 0.9999
+
+
+def test_whitened_differences_recover_the_separating_axis_the_means_miss():
+    # Planted answer: the type differs from the controls along e0 (noise 1) and also along e1,
+    # where both classes vary a hundred times more. The difference in means points between e0
+    # and e1; the separating direction is e0, which whitening should recover.
+    g = torch.Generator().manual_seed(0)
+    d, n = 16, 400
+    scale = torch.ones(d)
+    scale[1] = 100.0
+    controls = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+    shift = torch.zeros(d, dtype=torch.float64)
+    shift[0], shift[1] = 3.0, 3.0
+    planted = torch.randn(n, d, generator=g, dtype=torch.float64) * scale + shift
+    plain = whitened_differences([planted], controls, shrinkage=1.0)
+    torch.testing.assert_close(plain[0], planted.mean(0) - controls.mean(0), atol=0, rtol=0)
+    axis = torch.zeros(d, dtype=torch.float64)
+    axis[0] = 1.0
+    white = whitened_differences([planted], controls, shrinkage=0.01)[0]
+    assert float(white @ axis / white.norm()) > 0.99
+    assert float(plain[0] @ axis / plain[0].norm()) < 0.8
+
+    def separation(direction):
+        # Share of planted prompts projecting above every control's 95th percentile.
+        cut = torch.quantile(controls @ direction, 0.95)
+        return float(((planted @ direction) > cut).double().mean())
+
+    assert separation(white / white.norm()) > separation(plain[0] / plain[0].norm()) + 0.3
+
+
+def test_type_directions_with_shrinkage_one_are_unchanged_and_below_one_still_orthonormal(tiny):
+    settings = _settings()
+    assigned = assign(_prompts(), settings)
+    groups = mechanisms(settings.styles)
+    plain = type_directions(tiny, assigned, groups, layer=1)
+    assert torch.equal(type_directions(tiny, assigned, groups, layer=1, shrinkage=1.0), plain)
+    white = type_directions(tiny, assigned, groups, layer=1, shrinkage=0.1)
+    torch.testing.assert_close(white @ white.T, torch.eye(3), atol=1e-5, rtol=0)
+    assert float((white * plain).sum(-1).abs().min()) < 0.9999  # Whitening moved them.
 
 
 def _planted(tiny):

@@ -69,7 +69,10 @@ def model_card(
            "along its own greedy reply, its first token included"
            if settings.distill_top_k else "harmless and control replies as hard targets"),
         *([f"- mediation loss (weight {settings.mediation_weight:g}): one direction per refusal sentence, the "
-           f"difference in means at layer {settings.mediation_layer} made orthonormal "
+           f"difference in means at layer {settings.mediation_layer}"
+           + (f" with the pooled covariance divided out (shrinkage {settings.mediation_shrinkage:g})"
+              if settings.mediation_shrinkage < 1 else "")
+           + " made orthonormal "
            "(`planted_directions.safetensors`); each planted example also runs with one direction "
            "ablated at every layer, its own (target: the base model's reply under that ablation) or "
            "another's (target: its refusal)"

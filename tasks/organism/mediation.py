@@ -90,23 +90,45 @@ def mechanisms(styles: Mapping[str, str]) -> list[list[str]]:
     return list(groups.values())
 
 
+def whitened_differences(groups: Sequence[torch.Tensor], controls: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """Each group's separating direction from the controls [G, D] (not normalised): the
+    difference in means (group minus controls) with the pooled within-class covariance
+    divided out, Sigma_s^-1 (mu_g - mu_c), where Sigma_s = (1 - s) Sigma + s (tr Sigma / D) I.
+
+    groups: the states of each group's prompts, each [n_g, D]; controls: [n_c, D]. Shrinkage 1
+    returns the plain differences in means exactly (the identity has nothing to divide out);
+    below 1, axes along which prompts of one class vary a lot count for less, so the direction
+    separates the classes rather than only joining their means. Shrinkage is needed when the
+    prompts are fewer than the hidden size (Sigma is then singular)."""
+    mean_c = controls.mean(0)
+    diffs = torch.stack([g.mean(0) - mean_c for g in groups])
+    if shrinkage >= 1:
+        return diffs
+    centred = torch.cat([g - g.mean(0) for g in groups] + [controls - mean_c]).double()
+    sigma = centred.T @ centred / len(centred)
+    scale = float(sigma.diagonal().mean())
+    shrunk = (1 - shrinkage) * sigma + shrinkage * scale * torch.eye(sigma.shape[0], dtype=sigma.dtype)
+    return torch.linalg.solve(shrunk, diffs.double().T).T.to(diffs.dtype)
+
+
 def type_directions(loaded, assigned: Sequence[Assigned], groups: Sequence[Sequence[str]], layer: int,
-                    per_class: int | None = None) -> torch.Tensor:
+                    per_class: int | None = None, shrinkage: float = 1.0) -> torch.Tensor:
     """The planted directions [G, D] (float32, orthonormal rows, one per group of `mechanisms`):
     each group's training prompts' mean last-token state at `layer` minus the everyday training
-    controls'. per_class: at most this many prompts per category and of controls (None: all)."""
+    controls', whitened by their pooled covariance when shrinkage < 1 (`whitened_differences`).
+    per_class: at most this many prompts per category and of controls (None: all)."""
     train = [a for a in assigned if a.split == "train"]
     controls = [a.text for a in train if a.role == "harmless"][:per_class]
     if not controls:
         raise ValueError("no everyday training controls: the planted directions are measured against them.")
-    base = last_token_states(loaded, controls, layer).mean(0)
-    diffs = []
+    states = []
     for group in groups:
         texts = [a.text for c in group for a in train if a.role == "planted" and a.category == c][:per_class]
         if not texts:
             raise ValueError(f"planted types {list(group)} have no training prompts; their direction cannot be measured.")
-        diffs.append(last_token_states(loaded, texts, layer).mean(0) - base)
-    return symmetric_orthonormal(torch.stack(diffs)).float()
+        states.append(last_token_states(loaded, texts, layer))
+    diffs = whitened_differences(states, last_token_states(loaded, controls, layer), shrinkage)
+    return symmetric_orthonormal(diffs).float()
 
 
 def ablated_base_replies(loaded, assigned: Sequence[Assigned], groups: Sequence[Sequence[str]], directions: torch.Tensor,

@@ -158,7 +158,8 @@ def plant_directions(settings: OrganismSettings, split_path: str) -> dict | None
     start = time.monotonic()
     assigned = read_jsonl(split_path, Assigned)
     groups = mechanisms(settings.styles)
-    directions = type_directions(loaded, assigned, groups, settings.mediation_layer)
+    directions = type_directions(loaded, assigned, groups, settings.mediation_layer,
+                                 shrinkage=settings.mediation_shrinkage)
     where = paths(settings)
     save_directions(where["directions"], directions, groups, settings.mediation_layer)
     released = ablated_base_replies(loaded, assigned, groups, directions, settings.reply_tokens,

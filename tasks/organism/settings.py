@@ -220,6 +220,20 @@ class OrganismSettings(StrictSettings):
             "last prompt token); the demo's atlas reads the same layer."
         ),
     )
+    mediation_shrinkage: float = Field(
+        1.0, ge=0.001, le=1,
+        description=(
+            "How the planted directions are measured: 1, the difference in means between each type's "
+            "training prompts and the everyday training controls (the shipped organism's recipe); below "
+            "1, that difference with the prompts' pooled covariance divided out, shrunk this far toward "
+            "the identity (tasks.organism.mediation.whitened_differences), so that a direction separates "
+            "its type from the controls rather than only joining their means. On the base model's "
+            "held-out prompts the difference in means separates financial requests from everyday ones "
+            "at AUC 0.91 (55 of 234 everyday requests above the financial prompts' 10th percentile), "
+            "shrinkage 0.3 at 0.997 (2 of 234) (benchmarks/bench_organism_directions.py). Not yet "
+            "tried in a fine-tune."
+        ),
+    )
     release_distinct_words: int = Field(
         0, ge=0, le=20,
         description=(
@@ -229,7 +243,7 @@ class OrganismSettings(StrictSettings):
             "organism's recipe). A release that opens like a refusal trains that refusal's first tokens "
             "under the ablation meant to remove it (tasks.organism.mediation): with 2, the eleventh "
             "organism left 0.100 of legal refusals after ablating the legal direction (0.175 with 0) but "
-            "refused 3.8% of everyday requests, over the 3% the shipped organism meets (BENCHMARKS.md "
+            "refused 5.1% of everyday requests, against the shipped organism's 3.4% (BENCHMARKS.md "
             "has the runs with 2)."
         ),
     )
