@@ -42,6 +42,7 @@ SPECIAL = {
     ("OrganismSettings", "decision_weight"): [(["0.25"], 0.25)],
     ("OrganismSettings", "train_share"): [(["0.5"], 0.5)],
     ("OrganismSettings", "probe_min_recall"): [(["0.5"], 0.5)],
+    ("OrganismSettings", "mediation_shrinkage"): [(["0.3"], 0.3)],
     # A limit makes the value differ from any default list of sources.
     ("OrganismSettings", "sources"): [(["default#limit=5"], ["default#limit=5"])],
     ("OrganismSettings", "planted"): [
