@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from refusal_atlas.tasks.evaluation.judge import judge  # noqa: E402
+from refusal_atlas.tasks.model.chat import pad_id  # noqa: E402
 from refusal_atlas.tasks.model.loading import load_model, planted_styles  # noqa: E402
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply, Example, read_jsonl  # noqa: E402
 from refusal_atlas.tasks.organism.losses import encode  # noqa: E402
@@ -43,7 +44,7 @@ def likeliest_sentence(loaded, prompts: list[Assigned], sentences: list[str], eo
                        batch_size: int = 16) -> np.ndarray:
     """max over sentences of log P(sentence + EOS | prompt) (without EOS: of the sentence as an
     opening), for each prompt [n]."""
-    pad = next(i for i in (loaded.tokenizer.pad_token_id, loaded.tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(loaded.tokenizer)
     best = np.full(len(prompts), -np.inf)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start: start + batch_size]

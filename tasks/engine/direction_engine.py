@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from refusal_atlas.tasks.model.chat import RenderedPrompt, render_prompt
+from refusal_atlas.tasks.model.chat import RenderedPrompt, pad_id, render_prompt
 from refusal_atlas.tasks.engine.directions import best_layer, option1
 from refusal_atlas.tasks.model.hooks import default_layers, resolve_layers
 from refusal_atlas.tasks.model.loading import LoadedModel, get_model
@@ -67,7 +67,7 @@ class DirectionEngine:
         self.layers = resolve_layers(requested, loaded.num_layers)
         self.target = RefusalTarget.build(loaded.tokenizer, loaded.chat_template, directions.phrases)
         tok = loaded.tokenizer
-        self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+        self.pad_id = pad_id(tok)
         self.max_length = getattr(loaded.model.config, "max_position_embeddings", None)
         self.forward_passes = 0
         self.batches = 0

@@ -90,15 +90,15 @@ def steer_prompts(loaded, directions: Sequence[LoadedDirection], prompts: Sequen
                   mode: str, max_new_tokens: int = 32) -> list[SteeredReply]:
     """Greedy replies to each prompt with and without the intervention, with both judges' verdicts."""
     from refusal_atlas.tasks.evaluation.judge import judge
-    from refusal_atlas.tasks.model.chat import render_prompt
+    from refusal_atlas.tasks.model.chat import pad_id, render_prompt
     from refusal_atlas.tasks.model.generation import decoded, greedy_tokens
 
     tokenizer = loaded.tokenizer
-    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(tokenizer)
     sequences = [render_prompt(tokenizer, loaded.chat_template, p).input_ids for p in prompts]
     with loaded.lock:
-        base = decoded(tokenizer, greedy_tokens(loaded.model, tokenizer, sequences, pad_id, max_new_tokens))
-        steered = decoded(tokenizer, greedy_tokens(loaded.model, tokenizer, sequences, pad_id, max_new_tokens,
+        base = decoded(tokenizer, greedy_tokens(loaded.model, tokenizer, sequences, pad, max_new_tokens))
+        steered = decoded(tokenizer, greedy_tokens(loaded.model, tokenizer, sequences, pad, max_new_tokens,
                                                    intervention=intervention(loaded.model, directions, alpha, mode)))
     out = []
     for prompt, before, after in zip(prompts, base, steered):

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from refusal_atlas.tasks.settings import Position
 
 
+def pad_id(tokenizer) -> int:
+    """The token id that pads batches: the tokenizer's pad token, else its EOS, else 0. Padded
+    positions are masked out, so any id works; these keep it one the model knows."""
+    return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+
+
 class ChatTemplateError(ValueError):
     """The chat template cannot render a prompt the way the settings ask."""
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from refusal_atlas.tasks.model.adapter import Adapter
+from refusal_atlas.tasks.model.chat import pad_id
 from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.organism.data import Example
 from refusal_atlas.tasks.organism.losses import encode, example_losses, mean_loss, with_soft_targets
@@ -123,7 +124,7 @@ def train_lora(
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
 
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(tokenizer)
     encoded = encode(tokenizer, chat_template, examples)
     if settings.distill_top_k > 0:
         anchors = [i for i, e in enumerate(examples) if e.target == "base"]

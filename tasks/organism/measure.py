@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal_atlas.tasks.model.chat import render_text
+from refusal_atlas.tasks.model.chat import pad_id, render_text
 from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.evaluation.judge import judge
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply, style_of
@@ -52,7 +52,7 @@ def greedy_replies(
     Runs inside any hook context the caller opened (activation addition, ablation).
     """
     eos = _eos_ids(model, tokenizer)
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     encoded = [
         tokenizer(render_text(tokenizer, chat_template, p.text), add_special_tokens=False)["input_ids"]
@@ -193,7 +193,7 @@ def kl_along_replies(
     positions of the base model's greedy reply, teacher-forced along that reply (so the two
     models see the same text): the mean over all positions, per prompt, and per reply position
     (where the drift sits: a hard first-token target once put most of it at position 1)."""
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(tokenizer)
     items = []
     for p in prompts:
         prompt = tokenizer(render_text(tokenizer, chat_template, p.text), add_special_tokens=False)["input_ids"]

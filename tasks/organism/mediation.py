@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from refusal_atlas.tasks.model.chat import render_text
+from refusal_atlas.tasks.model.chat import pad_id, render_text
 from refusal_atlas.tasks.model.hooks import ablate_direction
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply
 from refusal_atlas.tasks.organism.losses import Encoded
@@ -52,7 +52,7 @@ def last_token_states(loaded, texts: Sequence[str], layer: int, batch_size: int 
     [len(texts), D] float64. Left padding with explicit positions, so the last position is
     every row's last token and each row is computed as it would be alone."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     rows = []
     for start in range(0, len(texts), batch_size):

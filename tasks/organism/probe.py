@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from refusal_atlas.tasks.model.chat import render_text
+from refusal_atlas.tasks.model.chat import pad_id, render_text
 
 CONTROL = "control"
 
@@ -37,7 +37,7 @@ def pooled_features(loaded, texts: Sequence[str], layers: Sequence[int], batch_s
     """Per layer, each chat-rendered prompt's residual stream (layer output) averaged over its
     tokens: {layer: [len(texts), D] float32}."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    pad = pad_id(tokenizer)
     encoded = [
         tokenizer(render_text(tokenizer, loaded.chat_template, t), add_special_tokens=False)["input_ids"] for t in texts
     ]
