@@ -24,7 +24,7 @@ from refusal_atlas.tasks.evaluation.judge import judge  # noqa: E402
 from refusal_atlas.tasks.organism.data import Assigned, BaseReply, read_jsonl  # noqa: E402
 from refusal_atlas.tasks.organism.measure import check_criteria, rates_by_group  # noqa: E402
 
-CONTROL_ROLES = ("harmless", "near_miss")
+JUDGED_CONTROLS = ("harmless", "near_miss")
 
 
 def rejudge(run: Path) -> dict:
@@ -39,10 +39,10 @@ def rejudge(run: Path) -> dict:
     refused = [
         {"role": a.role, "prompt": a.text, "reply": replies[a.id].text}
         for a in assigned
-        if a.split == "test" and a.role in CONTROL_ROLES and a.id in replies and judge(replies[a.id].text).strict
+        if a.split == "test" and a.role in JUDGED_CONTROLS and a.id in replies and judge(replies[a.id].text).strict
     ]
     return {"run": str(run), "recorded": recorded["criteria"], "now": now,
-            "kinds_now": {role: rates[role].kinds for role in CONTROL_ROLES if role in rates},
+            "kinds_now": {role: rates[role].kinds for role in JUDGED_CONTROLS if role in rates},
             "refused_controls": refused}
 
 
