@@ -230,8 +230,9 @@ class OrganismSettings(StrictSettings):
             "its type from the controls rather than only joining their means. On the base model's "
             "held-out prompts the difference in means separates financial requests from everyday ones "
             "at AUC 0.91 (55 of 234 everyday requests above the financial prompts' 10th percentile), "
-            "shrinkage 0.3 at 0.997 (2 of 234) (benchmarks/bench_organism_directions.py). Not yet "
-            "tried in a fine-tune."
+            "shrinkage 0.3 at 0.997 (2 of 234) (benchmarks/bench_organism_directions.py). A fine-tune "
+            "with 0.3 (BENCHMARKS.md, the seventeenth run) refused more everyday requests (12 of 234 "
+            "against 8), none of them above those percentiles, and its atlas merged medical and legal."
         ),
     )
     release_distinct_words: int = Field(
