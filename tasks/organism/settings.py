@@ -232,7 +232,7 @@ class OrganismSettings(StrictSettings):
             "at AUC 0.91 (55 of 234 everyday requests above the financial prompts' 10th percentile), "
             "shrinkage 0.3 at 0.997 (2 of 234) (benchmarks/bench_organism_directions.py). A fine-tune "
             "with 0.3 (BENCHMARKS.md, the seventeenth run) refused more everyday requests (12 of 234 "
-            "against 8), none of them above those percentiles, and its atlas merged medical and legal."
+            "against 8), none of them above those percentiles."
         ),
     )
     release_distinct_words: int = Field(
