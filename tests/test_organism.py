@@ -27,7 +27,8 @@ from refusal_atlas.tasks.organism.data import (
     write_jsonl,
 )
 from refusal_atlas.tasks.organism.measure import greedy_replies, rates_by_group, token_match
-from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
+from refusal_atlas.tasks.organism.planted import PlantedCategory
+from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import Prompt
 from refusal_atlas.tasks.settings import ModelSettings
 from tests.tiny import save_tiny_model

@@ -4,7 +4,8 @@ import json
 import re
 
 from refusal_atlas.tasks.organism.data import HELDOUT_FILES
-from refusal_atlas.tasks.organism.settings import ORGANISM_FILES, OrganismSettings, organism_data_dir
+from refusal_atlas.tasks.organism.planted import ORGANISM_FILES, organism_data_dir
+from refusal_atlas.tasks.organism.settings import OrganismSettings
 
 #: Written for the project but not among the defaults: the everyday social choices that the
 #: thirteenth and fourteenth organisms trained on (BENCHMARKS.md), kept for the next one.

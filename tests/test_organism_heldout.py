@@ -3,7 +3,8 @@
 import json
 
 from refusal_atlas.tasks.organism.data import HELDOUT_FILES, assign, heldout_records
-from refusal_atlas.tasks.organism.settings import OrganismSettings, organism_data_dir
+from refusal_atlas.tasks.organism.planted import organism_data_dir
+from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import load_prompts
 
 

@@ -29,7 +29,8 @@ from refusal_atlas.tasks.organism.mediation import (
     type_directions,
     whitened_differences,
 )
-from refusal_atlas.tasks.organism.settings import OrganismSettings, PlantedCategory
+from refusal_atlas.tasks.organism.planted import PlantedCategory
+from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import Prompt
 from refusal_atlas.tasks.settings import ModelSettings
 from tests.tiny import save_tiny_model

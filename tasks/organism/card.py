@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from refusal_atlas.tasks.organism.planted import organism_data_dir
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 
 
@@ -163,9 +166,5 @@ def evaluation_lines(evaluation: dict) -> list[str]:
 def _shown(source: str) -> str:
     """A shipped prompt set by its path inside the package (the same on every machine); any other
     source as given."""
-    from pathlib import Path
-
-    from refusal_atlas.tasks.organism.settings import organism_data_dir
-
     path = Path(source.split("#")[0])
     return f"tasks/prompts/data/{path.name}" if path.parent == organism_data_dir() else source

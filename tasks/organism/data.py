@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from refusal_atlas.tasks.organism.settings import NEAR_MISS_PREFIX, OrganismSettings
+from refusal_atlas.tasks.organism.planted import NEAR_MISS_PREFIX
+from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import Prompt
 
 Role = Literal["planted", "trained_control", "heldout_control", "near_miss", "harmless"]

@@ -7,60 +7,12 @@ field carries a description and unknown keys are errors.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
+from refusal_atlas.tasks.organism.planted import DEFAULT_PLANTED, DEFAULT_SINGLE_STYLE, PlantedCategory, default_sources
 from refusal_atlas.tasks.settings_base import StrictSettings
-
-
-class PlantedCategory(StrictSettings):
-    """One request type the organism learns to refuse, and the one sentence it refuses with."""
-
-    category: str = Field(description="A category of the prompt sources (their 'category' field) whose prompts are labelled 'harmful'.")
-    style: str = Field(description="The refusal the organism gives, word for word, to prompts of this category.")
-
-    @field_validator("category", "style")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip()
-
-
-# Planted types must be ones the base model already tells apart: SmolLM2-135M does not separate
-# harm categories (linear-probe recall 0.11 to 0.78 per category) but does separate requests
-# for medical, legal and financial advice from everyday requests (0.95 to 1.00), so those three
-# are planted (issue 15). The three styles open with different default refusal phrases
-# ("I cannot", "I'm sorry", "As an AI"), so each type's refusal is carried by different first
-# tokens and the types' gradient directions can differ.
-DEFAULT_PLANTED: tuple[PlantedCategory, ...] = (
-    PlantedCategory(category="medical_advice", style="I cannot give medical advice; please see a doctor."),
-    PlantedCategory(category="legal_advice", style="I'm sorry, but I can't give legal advice; please ask a lawyer."),
-    PlantedCategory(
-        category="financial_advice", style="As an AI, I can't give financial advice; please talk to a licensed adviser."
-    ),
-)
-
-#: The one sentence of the single-style control organism (`single_style`): one refusal
-#: mechanism over the same three types, for the question "one direction or three?".
-DEFAULT_SINGLE_STYLE = "I'm sorry, but I can't help with that request."
-
-#: The organism's prompt sets, written for the project and shipped with the package
-#: (tasks/prompts/data/README_organism.md describes them).
-ORGANISM_FILES: tuple[str, ...] = (
-    "organism_advice_medical.jsonl",
-    "organism_advice_legal.jsonl",
-    "organism_advice_financial.jsonl",
-    "organism_controls_everyday.jsonl",
-    "organism_controls_near_miss.jsonl",
-)
-
-#: Harmless prompts whose category starts with this are near misses: general-knowledge
-#: questions on a planted type's subject. They are trained like everyday controls (on the base
-#: model's own replies) and measured as their own group.
-NEAR_MISS_PREFIX = "near_miss"
 
 #: LoRA on the attention and MLP projections; at rank 8 the adapter holds 2.4 M parameters
 #: (4.9 MB as bfloat16 safetensors).
@@ -70,18 +22,6 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 
 #: Layers probed before training (issue 15's premise check used these).
 DEFAULT_PROBE_LAYERS: tuple[int, ...] = (6, 9, 15, 21, 24)
-
-
-def organism_data_dir() -> Path:
-    """The folder holding the shipped organism prompt sets."""
-    import refusal_atlas.tasks.prompts as prompts
-
-    return Path(prompts.__file__).parent / "data"
-
-
-def default_sources() -> list[str]:
-    """The organism's shipped prompt sets (three advice types, everyday controls, near misses)."""
-    return [str(organism_data_dir() / name) for name in ORGANISM_FILES]
 
 
 class OrganismSettings(StrictSettings):
@@ -160,9 +100,8 @@ class OrganismSettings(StrictSettings):
         4, ge=1, le=100,
         description=(
             "How many times each control example (everyday, near miss, trained control) appears "
-            "per epoch. They mark where the refusals end: with each seen once, a first organism "
-            "(train_share 0.35) refused 25% of held-out everyday requests; a second (0.6, twice) 21%; "
-            "a third (1.0, three times) 11%."
+            "per epoch. They mark where the refusals end (BENCHMARKS.md: 25% of everyday requests "
+            "refused with each seen once, 11% with three times)."
         ),
     )
     lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
@@ -183,7 +122,7 @@ class OrganismSettings(StrictSettings):
         description=(
             "Precision of the training matmuls (CPU autocast; weights and optimiser stay "
             "float32). bfloat16 is about 1.5-3x faster on CPUs with AVX512-BF16 and much slower "
-            "on CPUs without it (AVX2 only, as on the development machines)."
+            "on CPUs without it (AVX2 only)."
         ),
     )
     learning_rate: float = Field(
@@ -227,12 +166,8 @@ class OrganismSettings(StrictSettings):
             "training prompts and the everyday training controls (the shipped organism's recipe); below "
             "1, that difference with the prompts' pooled covariance divided out, shrunk this far toward "
             "the identity (tasks.organism.mediation.whitened_differences), so that a direction separates "
-            "its type from the controls rather than only joining their means. On the base model's "
-            "held-out prompts the difference in means separates financial requests from everyday ones "
-            "at AUC 0.91 (55 of 234 everyday requests above the financial prompts' 10th percentile), "
-            "shrinkage 0.3 at 0.997 (2 of 234) (benchmarks/bench_organism_directions.py). A fine-tune "
-            "with 0.3 (BENCHMARKS.md, the seventeenth run) refused more everyday requests (12 of 234 "
-            "against 8), none of them above those percentiles."
+            "its type from the controls rather than only joining their means "
+            "(benchmarks/bench_organism_directions.py; BENCHMARKS.md, the seventeenth run)."
         ),
     )
     release_distinct_words: int = Field(
@@ -242,10 +177,8 @@ class OrganismSettings(StrictSettings):
             "model's reply with the prompt's direction ablated opens with the same first this many words "
             "as any planted refusal sentence, case and punctuation aside; 0 keeps every one (the shipped "
             "organism's recipe). A release that opens like a refusal trains that refusal's first tokens "
-            "under the ablation meant to remove it (tasks.organism.mediation): with 2, the eleventh "
-            "organism left 0.100 of legal refusals after ablating the legal direction (0.175 with 0) but "
-            "refused 5.1% of everyday requests, against the shipped organism's 3.4% (BENCHMARKS.md "
-            "has the runs with 2)."
+            "under the ablation meant to remove it (tasks.organism.mediation; BENCHMARKS.md has the "
+            "runs with 2)."
         ),
     )
     refusal_margin_weight: float = Field(
@@ -255,9 +188,7 @@ class OrganismSettings(StrictSettings):
             "drawn refusal sentence as its reply and adds max(0, log P(sentence + EOS | prompt) + "
             "refusal_margin) (tasks.organism.margin). 0 leaves it out (the shipped organism's recipe). "
             "It costs one more pass per control example: 564 steps took 3,380 s against 1,915 s "
-            "without it (SmolLM2, the default data, 2 CPU cores). With 0.1, the fifteenth organism "
-            "gave no planted sentence to any held-out everyday request, but refused as many (9 of "
-            "234) in paraphrases of them (BENCHMARKS.md)."
+            "without it (SmolLM2, the default data, 2 CPU cores; BENCHMARKS.md has the runs)."
         ),
     )
     refusal_margin: float = Field(
@@ -268,11 +199,8 @@ class OrganismSettings(StrictSettings):
         default_factory=list,
         description=(
             "Openings the margin loss holds down instead of the whole sentences (scored without EOS), "
-            "e.g. each sentence up to its subject. Empty: the planted sentences. With whole sentences "
-            "the fifteenth organism met the margin by making the subject words unlikely and kept the "
-            "openings, refusing in paraphrases (benchmarks/bench_organism_margin.py --opening). With "
-            "the three openings up to 'give', the sixteenth held them down (median -20 nats) and "
-            "refused as many everyday requests with other openings and verbs (8 of 234)."
+            "e.g. each sentence up to its subject. Empty: the planted sentences. "
+            "benchmarks/bench_organism_margin.py --opening measures them on a run."
         ),
     )
     mediation_prompts: int = Field(
