@@ -56,7 +56,7 @@ def main() -> None:
 
     train_controls, _ = states("train", "harmless")
     test_controls, rows = states("test", "harmless")
-    refused = np.array([rows[i].id in replies and judge(replies[rows[i].id]).strict for i in range(len(rows))])
+    refused = np.array([a.id in replies and judge(replies[a.id]).strict for a in rows])
     train_types = [torch.cat([states("train", "planted", c)[0] for c in group]) for group in groups]
     test_types = [torch.cat([states("test", "planted", c)[0] for c in group]) for group in groups]
     results = []
