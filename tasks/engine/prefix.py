@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from refusal_atlas.tasks.model.chat import RenderedPrompt
 from refusal_atlas.tasks.model.hooks import edit_residual, replace_at
 from refusal_atlas.tasks.model.prefill import prefill
+from refusal_atlas.tasks.engine.head import log_normaliser_from_states
 from refusal_atlas.tasks.engine.layer_stack import LayerStack
 from refusal_atlas.tasks.engine.phrase_tree import TreeTensors, build_step_tree
 from refusal_atlas.tasks.engine.targets import (
@@ -108,23 +109,21 @@ class PrefixBatch:
             values = values.detach().to(self.dtype).requires_grad_(grad)
         with torch.set_grad_enabled(grad):
             run = self._upper_pass if self._stack is not None else self._full_pass
-            logits, picked, h, leaves, regroup = run(prompts, layers, values, grad)  # logits [Q, N, V]
-            log_norm = log_normaliser(logits)  # [Q, N]
+            log_norm, reply, picked, h, leaves, regroup = run(prompts, layers, values, grad)
             f = combine_phrases(self._tree.phrase_log_probs(picked.to(self.dtype), log_norm, prompts))  # [Q]
         self.forward_passes += 1
-        rows = torch.arange(len(prompts), device=self.device)
-        reply = logits[rows, self._tree.reply_nodes[prompts]].detach()
-        log_odds = refusal_log_odds(reply, self.target.first_tokens)
+        log_odds = refusal_log_odds(reply.detach(), self.target.first_tokens)
         gradient = regroup(torch.autograd.grad(f.sum(), leaves)) if grad else None
         return Evaluation(f.detach(), None if gradient is None else gradient.detach(), h.detach(), log_odds)
 
     def _upper_pass(self, prompts, layers, values, grad):
-        """Logits [Q, N, V] from layers L+1..N-1 only, on the tree's cached states at L's output.
+        """The head's outputs from layers L+1..N-1 only, on the tree's cached states at L's output.
 
-        Returns (logits, the predicted tokens' logits [Q, P, J], h [Q, D], the leaves to
-        differentiate, a function from their gradients to [Q, D]). With values None, h is the
-        cached h_0 itself, made a leaf. The predicted logits are dot products with the head's
-        rows, so the backward pass reaches the vocabulary only through the logsumexp.
+        Returns (the log-normalisers [Q, N], the reply's first-position logits [Q, V], the
+        predicted tokens' logits [Q, P, J], h [Q, D], the leaves to differentiate, a function
+        from their gradients to [Q, D]). With values None, h is the cached h_0 itself, made a
+        leaf. The predicted logits are dot products with the head's rows, and the normalisers
+        are streamed over the vocabulary (`head`), so no [Q, N, V] tensor is formed.
         """
         start = self._states_below(prompts, layers)  # [Q, N, D], each query's layer L output
         if values is None:
@@ -139,7 +138,10 @@ class PrefixBatch:
         )
         normed = self._stack.norm(top)[torch.argsort(order)]  # [Q, N, D]
         picked = self._tree.picked_from_hidden(normed, self._stack.lm_head, prompts)
-        return self._stack.lm_head(normed), picked, values, [values], lambda grads: grads[0]
+        n_nodes = normed.shape[1]
+        reply_rows = rows * n_nodes + self._tree.reply_nodes[prompts]  # in the flattened [Q * N]
+        log_norm, reply = log_normaliser_from_states(normed.flatten(0, 1), self._stack.lm_head, reply_rows)
+        return log_norm.view(len(prompts), n_nodes), reply, picked, values, [values], lambda grads: grads[0]
 
     def _states_below(self, prompts: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
         """Each query's tree states at the output of its layer L ([Q, N, D], no gradient).
@@ -167,8 +169,8 @@ class PrefixBatch:
         return out
 
     def _full_pass(self, prompts, layers, values, grad):
-        """Logits [Q, N, V] from a full forward pass of the tree, with layer L's output at the
-        root replaced by a hook (for architectures `LayerStack` does not handle)."""
+        """What `_upper_pass` returns, from a full forward pass of the tree with layer L's output
+        at the root replaced by a hook (for architectures `LayerStack` does not handle)."""
         leaves: dict[int, torch.Tensor] = {}
         present = [int(layer) for layer in layers.unique()]
 
@@ -194,14 +196,16 @@ class PrefixBatch:
                 cache=self._expanded_cache(prompts),
                 use_cache=True,
             ).logits
-        picked = self._tree.picked_logits(logits, prompts)
+        picked = self._tree.picked_logits(logits, prompts)  # [Q, P, J]
+        log_norm = log_normaliser(logits)  # [Q, N]
+        reply = logits[torch.arange(len(prompts), device=self.device), self._tree.reply_nodes[prompts]]  # [Q, V]
         if values is not None:
-            return logits, picked, values, [values], lambda grads: grads[0]
+            return log_norm, reply, picked, values, [values], lambda grads: grads[0]
         h = self._gather_leaves(leaves, layers)
         def regroup(grads):
             return self._gather_leaves(dict(zip(present, grads)), layers)
 
-        return logits, picked, h, [leaves[layer] for layer in present], regroup
+        return log_norm, reply, picked, h, [leaves[layer] for layer in present], regroup
 
     @staticmethod
     def _gather_leaves(per_layer: dict[int, torch.Tensor], layers: torch.Tensor) -> torch.Tensor:
