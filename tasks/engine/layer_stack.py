@@ -11,9 +11,20 @@ Rows of one call may start at different layers (a batch mixes queries at several
 Rows are sorted by their first layer, so at layer i the rows that have started form a leading
 slice, and only that slice runs through layer i; the others wait at their starting state.
 
-Handled: llama and qwen2 (rotary position embeddings passed to every block, without sliding
-window layers) and gpt2 (learned position embeddings added at the input). Any other
-architecture gets None from `LayerStack.of`, and the engine falls back to full forward passes.
+Handled: llama and qwen2 (rotary position embeddings, without sliding window layers) and gpt2
+(learned position embeddings added at the input). Any other architecture gets None from
+`LayerStack.of`, and the engine falls back to full forward passes.
+
+A llama or qwen2 block is run here from its own modules (norms, projections, MLP) rather than
+through its forward, for one reason: attention. The model's attention repeats each key and
+value head for the query heads that share it (grouped-query attention) before calling the
+fused kernel, and in the backward pass sums the copies again; for a step's small trees
+(a few nodes over a prefix of tens of tokens) that copying, not the arithmetic, was most of the
+attention's time. Here the query heads that share a key head are stacked along the query axis
+instead ([R, KV, G * N, hd] against [R, KV, T + N, hd]), which computes the same scores with no
+copy (`_grouped_attention`; tested against the model's own forward in float64). A block whose
+module or attention carries forward hooks (an intervention such as `hooks.ablate_direction`
+edits the attention's output) runs through its own forward instead, so every hook applies.
 
 Shapes: R rows, N tree nodes, T prefix length, D hidden size, V vocabulary.
 """
@@ -24,6 +35,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
 
 _ROTARY_TYPES = ("llama", "qwen2")
 
@@ -111,19 +123,77 @@ class LayerStack:
             raise ValueError("rows must be sorted by their first layer")
         wanted = set(capture)
         cache = _PrefixCache(prefix_kv)
-        rotary = None if self.kind == "gpt2" else self._rotary(hidden, positions)  # (cos, sin) [R, N, hd]
+        rotary = grouped = None
+        if self.kind != "gpt2":
+            rotary = self._rotary(hidden, positions)  # (cos, sin) [R, N, hd]
+            grouped = _grouped_mask(mask, self.layers[0].self_attn.num_key_value_groups)
         captured: dict[int, torch.Tensor] = {}
         first = min(starts_list, default=stop)
         for i in range(first, stop):
             # Rows whose first layer is at most i: a leading slice, because rows are sorted.
             n = int((starts <= i).sum())
             cache.prompts = prompts[:n]
-            kwargs = {"attention_mask": mask[:n], "cache": cache, "use_cache": True}
-            if rotary is not None:
-                kwargs.update(position_ids=positions[:n], position_embeddings=(rotary[0][:n], rotary[1][:n]))
-            out = self.layers[i](hidden[:n], **kwargs)
+            layer = self.layers[i]
+            if rotary is None:
+                out = layer(hidden[:n], attention_mask=mask[:n], cache=cache, use_cache=True)
+            elif _hooked(layer) or _hooked(layer.self_attn):
+                out = layer(hidden[:n], attention_mask=mask[:n], cache=cache, use_cache=True,
+                            position_ids=positions[:n], position_embeddings=(rotary[0][:n], rotary[1][:n]))
+            else:
+                out = _rotary_block(layer, hidden[:n], rotary[0][:n], rotary[1][:n], grouped[:n], cache, i)
             out = out[0] if isinstance(out, tuple) else out
             hidden = out if n == len(hidden) else torch.cat([out, hidden[n:]])
             if i in wanted:
                 captured[i] = hidden
         return hidden, captured
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward of `module` would run hooks: its own, or global module hooks. torch has
+    no public query for this; these registries have been stable since torch 1.x."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks
+        or torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks
+    )
+
+
+def _grouped_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """The additive mask [R, 1, N, K] repeated for the G query heads stacked along the query
+    axis: [R, 1, G * N, K], head-major, as `_grouped_attention` stacks them."""
+    rows, _, nodes, keys = mask.shape
+    return mask.unsqueeze(2).expand(rows, 1, groups, nodes, keys).reshape(rows, 1, groups * nodes, keys)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x [R, heads, N, hd] (the llama convention: the two halves of
+    each head rotate as the real and imaginary parts); cos, sin: [R, N, hd]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def _grouped_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+    """softmax(q k^T * scale + mask) v for query heads q [R, H, N, hd] over key and value heads
+    k, v [R, KV, K, hd], where heads kv * G .. kv * G + G - 1 read key head kv (G = H / KV).
+
+    The G heads of a key head are stacked along the query axis, so each key head is read once
+    and never copied; mask: [R, 1, G * N, K] (`_grouped_mask`). Returns [R, N, H * hd]."""
+    rows, heads, nodes, dim = q.shape
+    stacked = q.reshape(rows, k.shape[1], heads // k.shape[1] * nodes, dim)  # [R, KV, G * N, hd]
+    out = scaled_dot_product_attention(stacked, k, v, attn_mask=mask, scale=attn.scaling)
+    return out.view(rows, heads, nodes, dim).transpose(1, 2).reshape(rows, nodes, heads * dim)
+
+
+def _rotary_block(layer: nn.Module, hidden, cos, sin, mask, cache: _PrefixCache, index: int) -> torch.Tensor:
+    """One llama or qwen2 decoder block on hidden [R, N, D], as its forward computes it (pre-norm
+    attention and MLP, each added to the residual stream), with the keys and values of each row's
+    cached prefix before its own."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    shape = (*hidden.shape[:2], -1, attn.head_dim)
+    q = _rotate(attn.q_proj(x).view(shape).transpose(1, 2), cos, sin)  # [R, H, N, hd]
+    k = _rotate(attn.k_proj(x).view(shape).transpose(1, 2), cos, sin)  # [R, KV, N, hd]
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    k, v = cache.update(k, v, index)
+    hidden = hidden + attn.o_proj(_grouped_attention(attn, q, k, v, mask))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
