@@ -70,7 +70,7 @@ def prefill(model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: 
     cache = None
     if c:
         opening = torch.tensor([list(sequences[0][:c])], device=device)
-        out = model(input_ids=opening, use_cache=True, logits_to_keep=1)
+        out = model.base_model(input_ids=opening, use_cache=True)  # its keys and values alone: no head
         data = [(k.expand(len(rest), -1, -1, -1).contiguous(), v.expand(len(rest), -1, -1, -1).contiguous())
                 for k, v in ((layer.keys, layer.values) for layer in out.cache.layers)]
         cache = DynamicCache(ddp_cache_data=data, config=model.config)
@@ -78,6 +78,10 @@ def prefill(model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     if width == 0:
         return Prefilled(None, cache, mask, positions, c)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions[:, c:], cache=cache,
-                use_cache=True, logits_to_keep=logits_to_keep or 1)
-    return Prefilled(out.logits if logits_to_keep else None, out.cache, mask, positions, c)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions[:, c:], "cache": cache, "use_cache": True}
+    if not logits_to_keep:
+        # The body alone: for a batch of short rests, the head over the whole vocabulary costs
+        # as much as several decoder layers, and the caller wants only the cache.
+        return Prefilled(None, model.base_model(**inputs).cache, mask, positions, c)
+    out = model(**inputs, logits_to_keep=logits_to_keep)
+    return Prefilled(out.logits, out.cache, mask, positions, c)
