@@ -3,9 +3,9 @@
 The engine's gradient steps replace layer L's output at one position, so the layers at or below
 L never change between steps. `LayerStack` lets the engine run the embeddings and layers
 0..L once per batch, and then only layers L+1..N-1 plus the final norm and the language-model
-head at every step. It calls each decoder block as the model's own forward does (transformers
-5.x), with the engine's additive 4D tree mask and a stand-in cache that prepends each row's
-prefix keys and values.
+head at every step. It computes each decoder block as the model's own forward does
+(transformers 5.x), with the engine's additive 4D tree mask and each row's cached prefix keys and
+values before its own.
 
 Rows of one call may start at different layers (a batch mixes queries at several layers L).
 Rows are sorted by their first layer, so at layer i the rows that have started form a leading
