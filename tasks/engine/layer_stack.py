@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 _ROTARY_TYPES = ("llama", "qwen2")
 
@@ -164,14 +165,6 @@ def _grouped_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
     return mask.unsqueeze(2).expand(rows, 1, groups, nodes, keys).reshape(rows, 1, groups * nodes, keys)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x [R, heads, N, hd] (the llama convention: the two halves of
-    each head rotate as the real and imaginary parts); cos, sin: [R, N, hd]."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
-
 def _grouped_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
     """softmax(q k^T * scale + mask) v for query heads q [R, H, N, hd] over key and value heads
     k, v [R, KV, K, hd], where heads kv * G .. kv * G + G - 1 read key head kv (G = H / KV).
@@ -191,9 +184,11 @@ def _rotary_block(layer: nn.Module, hidden, cos, sin, mask, cache: _PrefixCache,
     attn = layer.self_attn
     x = layer.input_layernorm(hidden)
     shape = (*hidden.shape[:2], -1, attn.head_dim)
-    q = _rotate(attn.q_proj(x).view(shape).transpose(1, 2), cos, sin)  # [R, H, N, hd]
-    k = _rotate(attn.k_proj(x).view(shape).transpose(1, 2), cos, sin)  # [R, KV, N, hd]
+    q = attn.q_proj(x).view(shape).transpose(1, 2)  # [R, H, N, hd]
+    k = attn.k_proj(x).view(shape).transpose(1, 2)  # [R, KV, N, hd]
     v = attn.v_proj(x).view(shape).transpose(1, 2)
+    # The function the llama attention itself applies (qwen2's is the same); cos, sin: [R, N, hd].
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k, v = cache.update(k, v, index)
     hidden = hidden + attn.o_proj(_grouped_attention(attn, q, k, v, mask))
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
