@@ -79,8 +79,11 @@ def test_steps_above_layer_l_equal_full_stack_passes(arch, position):
     moved_upper = upper.evaluate(prompts[order], layers[order], values)
     moved_full = full.evaluate(prompts[order], layers[order], values)
     for a, b in ((first_upper, first_full), (moved_upper, moved_full)):
-        for name in ("f", "h", "grad", "log_odds"):
+        for name in ("f", "h", "grad"):
             torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(first_upper.log_odds, first_full.log_odds, rtol=1e-5, atol=1e-8)
+    # Log-odds belong to the unmodified model; a moved h gets none on either path.
+    assert moved_upper.log_odds is None and moved_full.log_odds is None
     # Not vacuous: below the last layer, h reaches the phrases (at the last layer it does not
     # when h's position is the instruction's end, whose output no phrase token reads).
     assert first_full.grad[layers < 3].norm(dim=-1).min() > 0

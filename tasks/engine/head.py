@@ -41,7 +41,8 @@ class _StreamedLogNormaliser(torch.autograd.Function):
         for start in range(0, weight.shape[0], chunk):
             w = weight[start: start + chunk]  # [C, D]
             logits = torch.nn.functional.linear(states, w, None if bias is None else bias[start: start + chunk])
-            kept[:, start: start + chunk] = logits[keep]
+            if len(keep):
+                kept[:, start: start + chunk] = logits[keep]
             logits = logits.to(acc)  # [R, C]; a no-op for float32 and float64 models
             new_max = torch.maximum(running_max, logits.amax(dim=-1))
             rescale = torch.exp(running_max - new_max)  # [R]; 0 on the first slice

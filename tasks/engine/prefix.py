@@ -43,13 +43,15 @@ class Evaluation:
     """What one evaluation of Q queries returns (float32, or float64 for float64 models).
 
     f: [Q]. grad: [Q, D] or None. h: [Q, D], the values f was evaluated at (the captured h_0 when
-    none were given). log_odds: [Q], the refusal log-odds at the first reply position.
+    none were given). log_odds: [Q], the unmodified model's refusal log-odds at the first reply
+    position; None when values were given, since nothing reads the log-odds of a moved h and
+    forming them takes the reply's full logits at every step.
     """
 
     f: torch.Tensor
     grad: torch.Tensor | None
     h: torch.Tensor
-    log_odds: torch.Tensor
+    log_odds: torch.Tensor | None
 
 
 class PrefixBatch:
@@ -112,21 +114,23 @@ class PrefixBatch:
             log_norm, reply, picked, h, leaves, regroup = run(prompts, layers, values, grad)
             f = combine_phrases(self._tree.phrase_log_probs(picked.to(self.dtype), log_norm, prompts))  # [Q]
         self.forward_passes += 1
-        log_odds = refusal_log_odds(reply.detach(), self.target.first_tokens)
+        log_odds = None if reply is None else refusal_log_odds(reply.detach(), self.target.first_tokens)
         gradient = regroup(torch.autograd.grad(f.sum(), leaves)) if grad else None
         return Evaluation(f.detach(), None if gradient is None else gradient.detach(), h.detach(), log_odds)
 
     def _upper_pass(self, prompts, layers, values, grad):
         """The head's outputs from layers L+1..N-1 only, on the tree's cached states at L's output.
 
-        Returns (the log-normalisers [Q, N], the reply's first-position logits [Q, V], the
+        Returns (the log-normalisers [Q, N], the reply's first-position logits [Q, V] or None when
+        values are given, the
         predicted tokens' logits [Q, P, J], h [Q, D], the leaves to differentiate, a function
         from their gradients to [Q, D]). With values None, h is the cached h_0 itself, made a
         leaf. The predicted logits are dot products with the head's rows, and the normalisers
         are streamed over the vocabulary (`head`), so no [Q, N, V] tensor is formed.
         """
         start = self._states_below(prompts, layers)  # [Q, N, D], each query's layer L output
-        if values is None:
+        unmodified = values is None
+        if unmodified:
             values = start[:, 0].to(self.dtype).requires_grad_(grad)
         rows = torch.arange(len(prompts), device=self.device)
         hidden = replace_at(start, rows, torch.zeros_like(rows), values)
@@ -139,8 +143,10 @@ class PrefixBatch:
         normed = self._stack.norm(top)[torch.argsort(order)]  # [Q, N, D]
         picked = self._tree.picked_from_hidden(normed, self._stack.lm_head, prompts)
         n_nodes = normed.shape[1]
-        reply_rows = rows * n_nodes + self._tree.reply_nodes[prompts]  # in the flattened [Q * N]
+        # The reply's full logits (for the log-odds) only for the unmodified model.
+        reply_rows = rows * n_nodes + self._tree.reply_nodes[prompts] if unmodified else rows[:0]  # in [Q * N]
         log_norm, reply = log_normaliser_from_states(normed.flatten(0, 1), self._stack.lm_head, reply_rows)
+        reply = reply if unmodified else None
         return log_norm.view(len(prompts), n_nodes), reply, picked, values, [values], lambda grads: grads[0]
 
     def _states_below(self, prompts: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
@@ -198,9 +204,9 @@ class PrefixBatch:
             ).logits
         picked = self._tree.picked_logits(logits, prompts)  # [Q, P, J]
         log_norm = log_normaliser(logits)  # [Q, N]
-        reply = logits[torch.arange(len(prompts), device=self.device), self._tree.reply_nodes[prompts]]  # [Q, V]
         if values is not None:
-            return log_norm, reply, picked, values, [values], lambda grads: grads[0]
+            return log_norm, None, picked, values, [values], lambda grads: grads[0]
+        reply = logits[torch.arange(len(prompts), device=self.device), self._tree.reply_nodes[prompts]]  # [Q, V]
         h = self._gather_leaves(leaves, layers)
         def regroup(grads):
             return self._gather_leaves(dict(zip(present, grads)), layers)
