@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--naive-prompts", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--layers", type=int, nargs="+", default=[12, 18, 24])
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=EngineSettings().max_batch,
+                        help="Prompts a batch holds, for every engine compared (default: the engine's default).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--before", default=BEFORE_ISSUE_17, help=(
