@@ -122,9 +122,8 @@ class PrefixBatch:
         """The head's outputs from layers L+1..N-1 only, on the tree's cached states at L's output.
 
         Returns (the log-normalisers [Q, N], the reply's first-position logits [Q, V] or None when
-        values are given, the
-        predicted tokens' logits [Q, P, J], h [Q, D], the leaves to differentiate, a function
-        from their gradients to [Q, D]). With values None, h is the cached h_0 itself, made a
+        values are given, the predicted tokens' logits [Q, P, J], h [Q, D], the leaves to
+        differentiate, a function from their gradients to [Q, D]). With values None, h is the cached h_0 itself, made a
         leaf. The predicted logits are dot products with the head's rows, and the normalisers
         are streamed over the vocabulary (`head`), so no [Q, N, V] tensor is formed.
         """
