@@ -123,9 +123,10 @@ class PrefixBatch:
 
         Returns (the log-normalisers [Q, N], the reply's first-position logits [Q, V] or None when
         values are given, the predicted tokens' logits [Q, P, J], h [Q, D], the leaves to
-        differentiate, a function from their gradients to [Q, D]). With values None, h is the cached h_0 itself, made a
-        leaf. The predicted logits are dot products with the head's rows, and the normalisers
-        are streamed over the vocabulary (`head`), so no [Q, N, V] tensor is formed.
+        differentiate, a function from their gradients to [Q, D]). With values None, h is the
+        cached h_0 itself, made a leaf. The predicted logits are dot products with the head's
+        rows, and the normalisers are streamed over the vocabulary (`head`), so no [Q, N, V]
+        tensor is formed.
         """
         start = self._states_below(prompts, layers)  # [Q, N, D], each query's layer L output
         unmodified = values is None
@@ -142,11 +143,11 @@ class PrefixBatch:
         normed = self._stack.norm(top)[torch.argsort(order)]  # [Q, N, D]
         picked = self._tree.picked_from_hidden(normed, self._stack.lm_head, prompts)
         n_nodes = normed.shape[1]
-        # The reply's full logits (for the log-odds) only for the unmodified model.
+        # The reply's full logits (for the log-odds) are kept only for the unmodified model.
         reply_rows = rows * n_nodes + self._tree.reply_nodes[prompts] if unmodified else rows[:0]  # in [Q * N]
         log_norm, reply = log_normaliser_from_states(normed.flatten(0, 1), self._stack.lm_head, reply_rows)
-        reply = reply if unmodified else None
-        return log_norm.view(len(prompts), n_nodes), reply, picked, values, [values], lambda grads: grads[0]
+        return (log_norm.view(len(prompts), n_nodes), reply if unmodified else None, picked, values, [values],
+                lambda grads: grads[0])
 
     def _states_below(self, prompts: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
         """Each query's tree states at the output of its layer L ([Q, N, D], no gradient).
