@@ -53,6 +53,7 @@ ORGANISM_FILES: tuple[str, ...] = (
     "organism_advice_financial.jsonl",
     "organism_controls_everyday.jsonl",
     "organism_controls_near_miss.jsonl",
+    "organism_controls_choices.jsonl",
 )
 
 #: Harmless prompts whose category starts with this are near misses: general-knowledge
