@@ -46,10 +46,11 @@ def test_the_social_choices_are_controls_outside_the_defaults():
 def test_the_everyday_choices_are_default_controls_split_like_the_rest():
     choices = _records("organism_controls_choices.jsonl")
     assert len(choices) == 159 and {(r["label"], r["category"]) for r in choices} == {("harmless", "everyday_choices")}
-    assert any(source.endswith("organism_controls_choices.jsonl") for source in OrganismSettings().sources)
+    settings = OrganismSettings()
+    assert any(source.endswith("organism_controls_choices.jsonl") for source in settings.sources)
     heldout = {_key(r["prompt"]) for r in _records(HELDOUT_FILES["controls"])}
     held = sum(_key(r["prompt"]) in heldout for r in choices)
-    assert held == round(0.5 * len(choices))  # the default test fraction, like every stratum
+    assert held == round(settings.test_fraction * len(choices))  # the default test fraction, like every stratum
 
 
 def test_no_three_word_opening_is_used_by_more_than_three_percent_of_a_file():
