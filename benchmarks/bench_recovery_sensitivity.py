@@ -2,19 +2,20 @@
 
     python benchmarks/bench_recovery_sensitivity.py \
         --heldout runs/recovery/three-style-organism.zarr \
-        --training runs/recovery-settings/training.zarr --out runs/bench_recovery_sensitivity.json
+        --choice runs/recovery-settings-validation/validation.zarr --out runs/bench_recovery_sensitivity.json
 
-This benchmark chooses nothing: the recovery benchmark's setting is the one the training sweep
+This benchmark chooses nothing: the recovery benchmark's setting is the one the settings sweep
 (bench_recovery_settings.py) picks, and it stays so whatever is printed here. It reads two stores
 that already hold the organism's per-prompt directions at one layer: the recovery benchmark's
-store of the held-out planted prompts and the training sweep's store of the training-side ones.
+store of the held-out planted prompts and the settings sweep's store of the prompts the setting is
+chosen on (its training-side or validation prompts: the "choice" side).
 For each store, each seed of the verdict's discovery / held-out split (ClusterSettings.split_seed),
 and each setting of the sweep's grid, it clusters the discovery-side planted prompts by the
 library's own steps and scores the partition against the planted types (ARI, noise as one group,
 as the recovery section counts it). Then:
 
-1. the rank correlation over the grid between the training side's ARI and the test side's, both
-   averaged over the split seeds: does the training side predict the test side?
+1. the rank correlation over the grid between the choice side's ARI and the test side's, both
+   averaged over the split seeds: does the choice side predict the test side?
 2. for named settings (the deployed one, the defaults), the spread of the ARI over split seeds on
    each side: is one reading a typical draw, or a lucky or unlucky one?
 3. a supervised reference the clustering cannot beat by much: each discovery prompt given the
@@ -46,8 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--heldout", default="runs/recovery/three-style-organism.zarr",
                    help="The recovery benchmark's store (held-out planted prompts).")
-    p.add_argument("--training", default="runs/recovery-settings/training.zarr",
-                   help="The training sweep's store (training-side planted prompts).")
+    p.add_argument("--choice", default="runs/recovery-settings-validation/validation.zarr",
+                   help="The settings sweep's store (the prompts the setting is chosen on).")
     p.add_argument("--split-seeds", type=int, default=20, help="Seeds 0..N-1 of the discovery / held-out split.")
     p.add_argument("--out", default="runs/bench_recovery_sensitivity.json", help="Where the JSON results go.")
     return p.parse_args(argv)
@@ -139,41 +140,42 @@ def main(argv=None) -> int:
     defaults = ClusterSettings().model_dump()
     named = {name: key_of({**defaults, **(deployed if change is None else change)}) for name, change in NAMED.items()}
     sides = {}
-    for side, uri in (("training", args.training), ("heldout", args.heldout)):
+    for side, uri in (("choice", args.choice), ("heldout", args.heldout)):
         aris, reference, sizes = grid_aris(uri, args.split_seeds)
         sides[side] = {"store": uri, "aris": aris, "reference": reference, "sizes": sizes}
         print(f"{side}: {uri}, {sizes[0]} discovery prompts at split seed 0 (range {min(sizes)} to {max(sizes)})")
-    keys = sorted(sides["training"]["aris"], key=str)
-    train_mean = [float(np.mean(sides["training"]["aris"][k])) for k in keys]
+    keys = sorted(sides["choice"]["aris"], key=str)
+    choice_mean = [float(np.mean(sides["choice"]["aris"][k])) for k in keys]
     test_mean = [float(np.mean(sides["heldout"]["aris"][k])) for k in keys]
     test_seed0 = [sides["heldout"]["aris"][k][0] for k in keys]
-    rho = spearman(train_mean, test_mean)
-    print(f"\n1. over the {len(keys)} settings: Spearman rho between training and held-out ARI "
+    rho = spearman(choice_mean, test_mean)
+    print(f"\n1. over the {len(keys)} settings: Spearman rho between choice-side and held-out ARI "
           f"(each averaged over {args.split_seeds} split seeds) = {rho:.2f}")
-    print(f"   held-out ARI at split seed 0: {sum(a >= 0.9 for a in test_seed0)} of {len(keys)} settings at 0.9 or more; "
-          f"averaged over the seeds: {sum(a >= 0.9 for a in test_mean)}")
-    best_train = keys[int(np.argmax(train_mean))]
-    print(f"   the best on the training side averaged over seeds: {dict(zip(GRID, best_train))} "
-          f"(training {max(train_mean):.3f}, held out {test_mean[keys.index(best_train)]:.3f}) - reported, not adopted")
+    print(f"   held-out ARI at split seed 0: {sum(a >= 0.9 for a in test_seed0)} of {len(keys)} settings "
+          f"at 0.9 or more; averaged over the seeds: {sum(a >= 0.9 for a in test_mean)}")
+    best_choice = keys[int(np.argmax(choice_mean))]
+    print(f"   the best on the choice side averaged over seeds: {dict(zip(GRID, best_choice))} "
+          f"(choice side {max(choice_mean):.3f}, held out {test_mean[keys.index(best_choice)]:.3f}); "
+          "reported, not adopted")
     print("\n2. ARI over split seeds (noise as one group)")
     print("| setting | side | median | 10% to 90% | least | most | seed 0 | share >= 0.9 |")
     print("|---|---|---|---|---|---|---|---|")
     named_out = {}
     for name, key in named.items():
-        for side in ("training", "heldout"):
+        for side in ("choice", "heldout"):
             s = summary(sides[side]["aris"][key])
             named_out.setdefault(name, {"setting": dict(zip(GRID, key))})[side] = s
             print(f"| {name} | {side} | {s['median']:.3f} | {s['q10']:.3f} to {s['q90']:.3f} | {s['least']:.3f} "
                   f"| {s['most']:.3f} | {s['seed0']:.3f} | {s['share_at_least_0.9']:.2f} |")
     print("\n3. supervised reference (nearest planted-type centroid, labels used; not a clustering)")
-    for side in ("training", "heldout"):
+    for side in ("choice", "heldout"):
         s = summary(sides[side]["reference"])
         print(f"   {side}: median ARI {s['median']:.3f} ({s['least']:.3f} to {s['most']:.3f})")
     out = {
-        "split_seeds": args.split_seeds, "spearman_train_vs_heldout": rho, "named": named_out,
-        "best_training_mean": {"setting": dict(zip(GRID, best_train)), "training": max(train_mean),
-                               "heldout": test_mean[keys.index(best_train)]},
-        "grid": [{"setting": dict(zip(GRID, k)), "training": sides["training"]["aris"][k],
+        "split_seeds": args.split_seeds, "spearman_choice_vs_heldout": rho, "named": named_out,
+        "best_choice_mean": {"setting": dict(zip(GRID, best_choice)), "choice": max(choice_mean),
+                               "heldout": test_mean[keys.index(best_choice)]},
+        "grid": [{"setting": dict(zip(GRID, k)), "choice": sides["choice"]["aris"][k],
                   "heldout": sides["heldout"]["aris"][k]} for k in keys],
         "reference": {side: sides[side]["reference"] for side in sides},
         "stores": {side: sides[side]["store"] for side in sides},
