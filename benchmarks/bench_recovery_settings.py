@@ -1,10 +1,17 @@
 """Choose the recovery benchmark's settings on the organism's training prompts, never its test side.
 
-    python benchmarks/bench_recovery_settings.py --out runs/bench_recovery_settings.json
+    python benchmarks/bench_recovery_settings.py --planted organism-validation \
+        --runs runs/recovery-settings-validation --out runs/bench_recovery_settings.json
 
 1. Writes the training side of the organism's default split as prompt files (the same split the
    shipped held-out files are the test side of: tasks.organism.data.split_records) and runs the
-   atlas on them (directions at layer 18, no evaluation) into a store under runs/.
+   atlas on them (directions at layer 18, no evaluation) into a store under runs/. With --planted,
+   the planted prompts are that source instead (the training side's controls stay): the shipped
+   `organism-validation` set was written after the shipped adapter was trained, so the organism
+   never saw it, and it is not the test side. That is what the choice should be made on: the
+   organism was fine-tuned on its training prompts, and their directions are cleaner than an
+   unseen prompt's (bench_recovery_sensitivity.py), so a sweep on them can favour settings that
+   need clean data.
 2. Clustering: draws --draws random subsets of the discovery-side planted prompts, of each size
    in --sizes, clusters each with every setting in the grid (space, pca_dim, min_cluster_size,
    min_samples, selection) and reports the ARI against the planted types (noise as one group,
@@ -43,6 +50,9 @@ FITTED = {k: v for k, v in GRID.items() if k != "space"}
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-organism", help="The organism whose training prompts are used.")
+    p.add_argument("--planted", default=None,
+                   help="Planted prompts to choose on (a prompt source, e.g. organism-validation); "
+                        "default: the training side of the organism's split.")
     p.add_argument("--runs", default="runs/recovery-settings", help="Folder of the prompt files and the store.")
     p.add_argument("--sizes", default="56,150,190", help="Discovery prompts per draw (comma-separated).")
     p.add_argument("--near", type=int, default=150, help="The rule averages over the sizes of at least this many.")
@@ -60,7 +70,7 @@ def training_store(args) -> str:
     from refusal_atlas.tasks.settings import AtlasSettings
 
     runs = Path(args.runs)
-    store = runs / "training.zarr"
+    store = runs / ("training.zarr" if args.planted is None else "validation.zarr")
     if store.exists():
         return str(store)
     settings = OrganismSettings()
@@ -73,7 +83,8 @@ def training_store(args) -> str:
     demo = json.loads((ROOT / "deployments" / "recovery.json").read_text())
     atlas = AtlasSettings.model_validate({
         **demo, "model": {"name": args.model}, "store": str(store), "evaluate": False,
-        "prompts": [str(files["planted"]), f"{files['controls']}#limit=48"], "report_dir": str(runs / "training.report"),
+        "prompts": [args.planted or str(files["planted"]), f"{files['controls']}#limit=48"],
+        "report_dir": str(runs / "training.report"),
     })
     refusal_atlas(atlas)
     return str(store)

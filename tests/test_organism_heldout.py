@@ -29,3 +29,5 @@ def test_the_shipped_source_names_read_those_files():
         assert parse_source(f"{name}#limit=5").resolved_path() == str(organism_data_dir() / file)
     planted = load_prompts(["organism-planted#limit=30&seed=1"])
     assert len(planted) == 30 and {p.label for p in planted} == {"harmful"}
+    validation = {p.text for p in load_prompts(["organism-validation"])}
+    assert len(validation) == 270 and not validation & {p.text for p in load_prompts(["organism-planted"])}

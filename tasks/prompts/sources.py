@@ -23,11 +23,14 @@ DEFAULT_SOURCE = "default"
 DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
 #: Prompt sets shipped with the package, by the name a source may use as its path. The organism
 #: names are the held-out side of the refusal model organism's default split (prompts it never
-#: trained on; tasks.organism.data.HELDOUT_FILES), which `make demo` runs the atlas on.
+#: trained on; tasks.organism.data.HELDOUT_FILES), which `make demo` runs the atlas on;
+#: 'organism-validation' is a third set of planted-type requests, written after the shipped adapter
+#: was trained and in neither side of the split, which clustering settings are chosen on.
 SHIPPED_SOURCES = {
     DEFAULT_SOURCE: DEFAULT_PROMPTS_FILE,
     "organism-planted": Path(__file__).parent / "data" / "organism_heldout_planted.jsonl",
     "organism-controls": Path(__file__).parent / "data" / "organism_heldout_controls.jsonl",
+    "organism-validation": Path(__file__).parent / "data" / "organism_validation_planted.jsonl",
 }
 
 _OPTION_KEYS = ("label", "limit", "seed", "category", "format")
@@ -43,7 +46,8 @@ class PromptSource(BaseModel):
             "The prompt file: a local path, an fsspec URL (s3://, gs://, memory://, ...) or "
             "'default' for the prompt set shipped with refusal-atlas. The suffix chooses the "
             "format: .jsonl/.json, .csv, .tsv or .txt (one prompt a line), optionally .gz. The "
-            "organism's held-out prompts ship as 'organism-planted' and 'organism-controls'."
+            "organism's held-out prompts ship as 'organism-planted' and 'organism-controls', and "
+            "its validation prompts (never trained on, not held out) as 'organism-validation'."
         ),
     )
     label: Literal["harmful", "harmless", ""] | None = Field(
@@ -90,7 +94,8 @@ class PromptSource(BaseModel):
 
     def resolved_path(self) -> str:
         """The path to open: the shipped file for a shipped set's name ('default',
-        'organism-planted', 'organism-controls'), the user's home expanded for '~'."""
+        'organism-planted', 'organism-controls', 'organism-validation'), the user's home expanded
+        for '~'."""
         if self.path in SHIPPED_SOURCES:
             return str(SHIPPED_SOURCES[self.path])
         if "://" not in self.path and "::" not in self.path:
