@@ -92,7 +92,7 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     for raw in (demo, recovery):
         assert AtlasSettings.model_validate(raw).evaluation.cluster_vector == "diff_in_means"
         clustering = {k: v for k, v in raw["clustering"].items() if k != "null_sets"}
-        assert clustering == {"pca_dim": 32, "min_cluster_size": 8, "min_samples": 2}
+        assert clustering == {"pca_dim": 16, "min_cluster_size": 8, "min_samples": 2}
     assert not AtlasSettings.model_validate(demo).evaluation.controls_bypass
     scaled = copy.deepcopy(demo)
     scaled["prompts"][0] = "organism-planted"
