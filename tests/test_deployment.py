@@ -80,9 +80,9 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     bypass), and draws 200 structureless sets and bootstraps (p in steps of 1/201: at 20 the
     verdict's "beyond the null" turned on a single draw); the demo reads 75, 5, scores them by
     induce only, and keeps the default 20. Both evaluate each cluster
-    through its difference in means and cluster with the setting
-    benchmarks/bench_recovery_settings.py's rule picks, both chosen on the organism's training
-    prompts."""
+    through its difference in means (chosen on the organism's training prompts) and cluster with
+    the setting benchmarks/bench_recovery_settings.py's rule picks on its validation prompts
+    (organism-validation: never trained on, not held out)."""
     import copy
     import json
 
