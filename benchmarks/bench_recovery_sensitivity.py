@@ -37,10 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_recovery_settings import FITTED, GRID, embeddings  # noqa: E402 - the scripts' shared grid
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMED = {
-    "deployed (recovery.json)": None,
-    "defaults": {},
-}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,7 +134,7 @@ def main(argv=None) -> int:
     start = time.monotonic()
     deployed = json.loads((ROOT / "deployments" / "recovery.json").read_text())["clustering"]
     defaults = ClusterSettings().model_dump()
-    named = {name: key_of({**defaults, **(deployed if change is None else change)}) for name, change in NAMED.items()}
+    named = {"deployed (recovery.json)": key_of({**defaults, **deployed}), "defaults": key_of(defaults)}
     sides = {}
     for side, uri in (("choice", args.choice), ("heldout", args.heldout)):
         aris, reference, sizes = grid_aris(uri, args.split_seeds)
