@@ -79,7 +79,7 @@ def grid_aris(store_uri: str, split_seeds: int) -> tuple[dict[tuple, list[float]
         keep = np.asarray(keep)
         types = categories[rows][keep]
         sizes.append(int(types.size))
-        reference.append(nearest_centroid_ari(np.asarray(vectors)[keep], types))
+        reference.append(nearest_centroid_ari(residual_rows(vectors), types))
         for values in itertools.product(*FITTED.values()):
             change = dict(zip(FITTED, values))
             settings = base.model_copy(update=change)
@@ -90,16 +90,20 @@ def grid_aris(store_uri: str, split_seeds: int) -> tuple[dict[tuple, list[float]
     return out, reference, sizes
 
 
-def nearest_centroid_ari(vectors: np.ndarray, types: np.ndarray) -> float:
-    """ARI of the partition that gives each row [n, D] the planted type whose centroid of the
-    other rows (unit, residual space: the mean unit row projected out) is nearest by cosine."""
+def residual_rows(vectors: np.ndarray) -> np.ndarray:
+    """The kept rows [n, D] in the clustering's residual space, by the library's own steps."""
+    from refusal_atlas.tasks.clustering.geometry import common_direction, unit_rows
+    from refusal_atlas.tasks.clustering.spaces import space_rows
+
+    unit, _ = unit_rows(vectors)
+    return np.asarray(space_rows(unit, "residual", common_direction(unit)[0]), dtype=np.float64)
+
+
+def nearest_centroid_ari(x: np.ndarray, types: np.ndarray) -> float:
+    """ARI of the partition that gives each residual-space unit row x [n, D] the planted type
+    whose centroid of the other rows is nearest by cosine."""
     from sklearn.metrics import adjusted_rand_score
 
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    common = unit.mean(0)
-    common /= np.linalg.norm(common)
-    x = unit - np.outer(unit @ common, common)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
     names = sorted(set(types.tolist()))
     sums = np.stack([x[types == t].sum(0) for t in names])  # [T, D]
     counts = np.array([(types == t).sum() for t in names])
