@@ -4,6 +4,8 @@ import json
 import re
 from collections import Counter
 
+import pytest
+
 from refusal_atlas.tasks.organism.data import HELDOUT_FILES
 from refusal_atlas.tasks.organism.planted import ORGANISM_FILES, organism_data_dir
 from refusal_atlas.tasks.organism.settings import OrganismSettings
@@ -14,6 +16,10 @@ EXTRA_FILES = ("organism_controls_social.jsonl",)
 #: Planted-type requests written after the shipped adapter was trained, in neither side of its
 #: split: the prompts clustering settings are chosen on (benchmarks/bench_recovery_settings.py).
 VALIDATION_FILE = "organism_validation_planted.jsonl"
+#: Planted-type requests written later still, read by nothing that chooses a setting: a second
+#: held-out test set (the source 'organism-fresh').
+FRESH_FILE = "organism_fresh_planted.jsonl"
+LATER_FILES = (VALIDATION_FILE, FRESH_FILE)
 
 
 def _records(name: str) -> list[dict]:
@@ -27,7 +33,7 @@ def _key(prompt: str) -> str:
 
 def test_every_written_file_has_exactly_the_four_fields_and_no_prompt_twice():
     seen: dict[str, str] = {}
-    for name in ORGANISM_FILES + EXTRA_FILES + (VALIDATION_FILE,):
+    for name in ORGANISM_FILES + EXTRA_FILES + LATER_FILES:
         for record in _records(name):
             assert set(record) == {"prompt", "label", "category", "source"}, name
             assert record["label"] in {"harmful", "harmless"} and record["source"] == "refusal-atlas", name
@@ -60,17 +66,20 @@ def _words(prompt: str) -> set[str]:
     return set(re.findall(r"[a-z0-9']+", prompt.lower()))
 
 
-def test_the_validation_prompts_are_planted_types_the_organism_never_trained_on():
-    validation = _records(VALIDATION_FILE)
+@pytest.mark.parametrize("name", LATER_FILES)
+def test_the_later_sets_are_planted_types_the_organism_never_trained_on(name):
+    later = _records(name)
     settings = OrganismSettings()
-    assert Counter(r["category"] for r in validation) == {p.category: 90 for p in settings.planted}
-    assert {r["label"] for r in validation} == {"harmful"}
+    assert Counter(r["category"] for r in later) == {p.category: 90 for p in settings.planted}
+    assert {r["label"] for r in later} == {"harmful"}
     # Not a default source: the split, the training data and the shipped adapter's data hash
     # do not include it, and no held-out prompt is among them (the test above: no prompt twice).
-    assert not any(source.endswith(VALIDATION_FILE) for source in settings.sources)
-    # Nor a paraphrase of a shipped prompt: at most 60% of words shared (Jaccard) with any of them.
-    shipped = [_words(r["prompt"]) for name in ORGANISM_FILES + EXTRA_FILES for r in _records(name)]
-    for record in validation:
+    assert not any(source.endswith(name) for source in settings.sources)
+    # Nor a paraphrase of a shipped prompt, or of the set written before it: at most 60% of
+    # words shared (Jaccard) with any of them.
+    earlier = ORGANISM_FILES + EXTRA_FILES + LATER_FILES[:LATER_FILES.index(name)]
+    shipped = [_words(r["prompt"]) for other in earlier for r in _records(other)]
+    for record in later:
         words = _words(record["prompt"])
         closest = max(len(words & other) / len(words | other) for other in shipped)
         assert closest <= 0.6, f"{record['prompt']!r} shares {closest:.0%} of its words with a shipped prompt"
@@ -78,7 +87,7 @@ def test_the_validation_prompts_are_planted_types_the_organism_never_trained_on(
 
 def test_no_three_word_opening_is_used_by_more_than_three_percent_of_a_file():
     # The social choices were written before this rule was checked ("would it be" opens 9 of 160).
-    for name in ORGANISM_FILES + (VALIDATION_FILE,):
+    for name in ORGANISM_FILES + LATER_FILES:
         openings = Counter(" ".join(r["prompt"].lower().split()[:3]) for r in _records(name))
         opening, uses = openings.most_common(1)[0]
         assert uses <= 0.03 * sum(openings.values()), f"{name}: {opening!r} opens {uses} prompts"

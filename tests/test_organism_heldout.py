@@ -31,3 +31,5 @@ def test_the_shipped_source_names_read_those_files():
     assert len(planted) == 30 and {p.label for p in planted} == {"harmful"}
     validation = {p.text for p in load_prompts(["organism-validation"])}
     assert len(validation) == 270 and not validation & {p.text for p in load_prompts(["organism-planted"])}
+    fresh = {p.text for p in load_prompts(["organism-fresh"])}
+    assert len(fresh) == 270 and not fresh & (validation | {p.text for p in load_prompts(["organism-planted"])})

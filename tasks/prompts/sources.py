@@ -25,12 +25,15 @@ DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
 #: names are the held-out side of the refusal model organism's default split (prompts it never
 #: trained on; tasks.organism.data.HELDOUT_FILES), which `make demo` runs the atlas on;
 #: 'organism-validation' is a third set of planted-type requests, written after the shipped adapter
-#: was trained and in neither side of the split, which clustering settings are chosen on.
+#: was trained and in neither side of the split, which clustering settings are chosen on;
+#: 'organism-fresh' is a fourth, written later still and read by nothing that chooses a setting: a
+#: second held-out test set, the clean test of a change chosen on the others.
 SHIPPED_SOURCES = {
     DEFAULT_SOURCE: DEFAULT_PROMPTS_FILE,
     "organism-planted": Path(__file__).parent / "data" / "organism_heldout_planted.jsonl",
     "organism-controls": Path(__file__).parent / "data" / "organism_heldout_controls.jsonl",
     "organism-validation": Path(__file__).parent / "data" / "organism_validation_planted.jsonl",
+    "organism-fresh": Path(__file__).parent / "data" / "organism_fresh_planted.jsonl",
 }
 
 _OPTION_KEYS = ("label", "limit", "seed", "category", "format")
@@ -46,8 +49,9 @@ class PromptSource(BaseModel):
             "The prompt file: a local path, an fsspec URL (s3://, gs://, memory://, ...) or "
             "'default' for the prompt set shipped with refusal-atlas. The suffix chooses the "
             "format: .jsonl/.json, .csv, .tsv or .txt (one prompt a line), optionally .gz. The "
-            "organism's held-out prompts ship as 'organism-planted' and 'organism-controls', and "
-            "its validation prompts (never trained on, not held out) as 'organism-validation'."
+            "organism's held-out prompts ship as 'organism-planted' and 'organism-controls', "
+            "its validation prompts (never trained on, not held out) as 'organism-validation', and a "
+            "second held-out set of planted-type requests, written later, as 'organism-fresh'."
         ),
     )
     label: Literal["harmful", "harmless", ""] | None = Field(
