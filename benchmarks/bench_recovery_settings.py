@@ -25,7 +25,9 @@
    clustering with the chosen setting. The one that points along the planted directions is the
    one the recovery benchmark evaluates (evaluation.cluster_vector).
 
-Step 1 is the slow part (a few minutes on 2 cores); the store is reused when present.
+Step 1 is the slow part (a few minutes on 2 cores); the store is reused when present. --settings
+names the AtlasSettings JSON the store is built with (default deployments/recovery.json), so that a
+representation (layer, position, K, eta) can be judged by the same sweep and rule as the clustering.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--planted", default=None,
                    help="Planted prompts to choose on (a prompt source, e.g. organism-validation); "
                         "default: the training side of the organism's split.")
+    p.add_argument("--settings", default=str(ROOT / "deployments" / "recovery.json"),
+                   help="AtlasSettings JSON the store is built with (its direction settings are the "
+                        "representation being judged; model, prompts and evaluation are set here).")
     p.add_argument("--runs", default="runs/recovery-settings", help="Folder of the prompt files and the store.")
     p.add_argument("--sizes", default="56,150,190", help="Discovery prompts per draw (comma-separated).")
     p.add_argument("--near", type=int, default=150, help="The rule averages over the sizes of at least this many.")
@@ -80,7 +85,7 @@ def training_store(args) -> str:
     for kind, rows in records.items():
         files[kind] = runs / f"train_{kind}.jsonl"
         files[kind].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    demo = json.loads((ROOT / "deployments" / "recovery.json").read_text())
+    demo = json.loads(Path(args.settings).read_text())
     atlas = AtlasSettings.model_validate({
         **demo, "model": {"name": args.model}, "store": str(store), "evaluate": False,
         "prompts": [args.planted or str(files["planted"]), f"{files['controls']}#limit=48"],
