@@ -4,6 +4,8 @@
     python benchmarks/bench_recovery.py --single runs/organism-single/adapter   # and the single-style organism
     python benchmarks/bench_recovery.py --settings deployments/recovery.json \
         --single runs/organism-single/adapter                                   # all three with the recovery settings
+    python benchmarks/bench_recovery.py --base "" --settings deployments/recovery.json \
+        --planted organism-fresh --runs runs/recovery-fresh                    # the second held-out set
     python benchmarks/bench_recovery.py --single runs/organism-single/adapter --effect-scale log_odds \
         --out runs/bench_recovery_logodds.json                                  # the verdict on the log-odds
 
@@ -43,9 +45,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--settings", default=str(DEMO_SETTINGS), help="AtlasSettings JSON every model runs with.")
     p.add_argument("--effect-scale", default="", choices=["", "f", "log_odds"],
                    help="Override the settings' evaluation.effect_scale (the verdict's scale; '' keeps it).")
+    p.add_argument("--planted", default="",
+                   help="Run on these planted-type prompts (a prompt source, e.g. organism-fresh, the second "
+                        "held-out set) in place of the settings' 'organism-planted'; '' keeps the settings' own.")
     p.add_argument("--runs", default="runs/recovery", help="Folder of the stores and reports, one per model.")
     p.add_argument("--out", default="runs/bench_recovery.json", help="Where the JSON results go.")
     return p.parse_args(argv)
+
+
+def swap_planted(prompts: list, planted: str) -> list:
+    """The settings' prompt sources with the held-out planted prompts ('organism-planted')
+    replaced by another source of planted-type prompts, its options (limit, seed) kept."""
+    from refusal_atlas.tasks.prompts.sources import parse_source
+
+    if not any(source.path == "organism-planted" for source in prompts):
+        raise SystemExit(f"--planted {planted}: the settings read no 'organism-planted' prompts to replace; "
+                         "give settings that do (deployments/recovery.json) or leave --planted out.")
+    return [parse_source(planted).model_copy(update=source.model_dump(exclude={"path"}, exclude_unset=True))
+            if source.path == "organism-planted" else source for source in prompts]
 
 
 def run_model(who: str, name: str, args) -> dict:
@@ -60,6 +77,8 @@ def run_model(who: str, name: str, args) -> dict:
     if args.effect_scale:
         settings = settings.model_copy(update={
             "evaluation": settings.evaluation.model_copy(update={"effect_scale": args.effect_scale})})
+    if args.planted:
+        settings = settings.model_copy(update={"prompts": swap_planted(settings.prompts, args.planted)})
     slug = who.replace(" ", "-")
     settings = settings.model_copy(update={
         "model": settings.model.model_copy(update={"name": name}),
