@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     print("\n3. supervised reference (nearest planted-type centroid, labels used; not a clustering)")
     for side in ("choice", "heldout"):
         s = summary(sides[side]["reference"])
-        print(f"   {side}: median ARI {s['median']:.3f} ({s['least']:.3f} to {s['most']:.3f})")
+        print(f"   {side}: median ARI {s['median']:.3f} (10% to 90%: {s['q10']:.3f} to {s['q90']:.3f})")
     out = {
         "split_seeds": args.split_seeds, "spearman_choice_vs_heldout": rho, "named": named_out,
         "best_choice_mean": {"setting": dict(zip(GRID, best_choice)), "choice": max(choice_mean),
