@@ -51,23 +51,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def supervised_reference(store_uri: str, split_seeds: int = 20) -> float:
     """Median over split seeds of the nearest-centroid ARI on the store's discovery prompts."""
-    from bench_recovery_sensitivity import nearest_centroid_ari, residual_rows
+    from bench_recovery_sensitivity import discovery_vectors, nearest_centroid_ari, residual_rows
 
     from refusal_atlas.storage import AtlasStore
-    from refusal_atlas.tasks.clustering.geometry import select_layer, unit_rows
-    from refusal_atlas.tasks.clustering.store_run import discovery_rows
+    from refusal_atlas.tasks.clustering.geometry import unit_rows
     from refusal_atlas.tasks.settings import ClusterSettings
 
     store = AtlasStore.open(store_uri)
     ds = store.to_xarray(done_only=True)
-    categories = np.asarray(ds["category"].values, dtype=object)
     found = []
     for seed in range(split_seeds):
-        base = ClusterSettings(split_seed=seed, bootstraps=0)
-        rows = discovery_rows(ds, base)
-        vectors = np.asarray(select_layer(ds["direction"].data[rows], store.layers, base.layer, None)[0])
-        keep = np.asarray(unit_rows(vectors)[1])
-        found.append(nearest_centroid_ari(residual_rows(vectors), categories[rows][keep]))
+        vectors, types = discovery_vectors(store, ds, ClusterSettings(split_seed=seed, bootstraps=0))
+        found.append(nearest_centroid_ari(residual_rows(vectors), types[np.asarray(unit_rows(vectors)[1])]))
     return float(np.median(found))
 
 
@@ -87,12 +82,7 @@ def main(argv=None) -> int:
         bench_recovery_settings.main(["--planted", "organism-validation", "--settings", str(runs / f"{name}.json"),
                                       "--runs", str(runs / name), "--out", str(out)])
         sweep = json.loads(out.read_text())
-        near = {}
-        for r in sweep["sweep"]:
-            if r["size"] >= 150:
-                near.setdefault(tuple(r[k] for k in bench_recovery_settings.GRID), []).append(r["median_ari"])
-        chosen = tuple(sweep["chosen"][k] for k in bench_recovery_settings.GRID)
-        results[name] = {"change": VARIANTS[name], "score": float(np.mean(near[chosen])), "clustering": sweep["chosen"],
+        results[name] = {"change": VARIANTS[name], "score": sweep["score"], "clustering": sweep["chosen"],
                          "reference": supervised_reference(sweep["store"])}
     current = results.get("stop36", {}).get("score")
     best = max(results, key=lambda n: (round(results[n]["score"], 3), -len(results[n]["change"])))

@@ -59,25 +59,19 @@ def grid_aris(store_uri: str, split_seeds: int) -> tuple[dict[tuple, list[float]
     import itertools
 
     from refusal_atlas.storage import AtlasStore
-    from refusal_atlas.tasks.clustering.geometry import select_layer
     from refusal_atlas.tasks.clustering.hdbscan_fit import fit_and_assign
-    from refusal_atlas.tasks.clustering.store_run import discovery_rows
     from refusal_atlas.tasks.report.recovery import agreement
     from refusal_atlas.tasks.settings import ClusterSettings
 
     store = AtlasStore.open(store_uri)
     ds = store.to_xarray(done_only=True)
-    categories = np.asarray(ds["category"].values, dtype=object)
-    direction = ds["direction"].data
     out: dict[tuple, list[float]] = {}
     reference, sizes = [], []
     for seed in range(split_seeds):
         base = ClusterSettings(split_seed=seed, bootstraps=0)
-        rows = discovery_rows(ds, base)
-        vectors = np.asarray(select_layer(direction[rows], store.layers, base.layer, None)[0])
+        vectors, types = discovery_vectors(store, ds, base)
         keep, views = embeddings(vectors, GRID["pca_dim"], base.seed)
-        keep = np.asarray(keep)
-        types = categories[rows][keep]
+        types = types[np.asarray(keep)]
         sizes.append(int(types.size))
         reference.append(nearest_centroid_ari(residual_rows(vectors), types))
         for values in itertools.product(*FITTED.values()):
@@ -88,6 +82,17 @@ def grid_aris(store_uri: str, split_seeds: int) -> tuple[dict[tuple, list[float]
                 out.setdefault(key_of({**change, "space": space}), []).append(
                     agreement(list(labels), list(types))["ari"])
     return out, reference, sizes
+
+
+def discovery_vectors(store, ds, base) -> tuple[np.ndarray, np.ndarray]:
+    """The discovery-side rows' directions [n, D] at the clustering's layer, and their planted
+    types [n], for the split that `base` (a ClusterSettings) draws."""
+    from refusal_atlas.tasks.clustering.geometry import select_layer
+    from refusal_atlas.tasks.clustering.store_run import discovery_rows
+
+    rows = discovery_rows(ds, base)
+    vectors = np.asarray(select_layer(ds["direction"].data[rows], store.layers, base.layer, None)[0])
+    return vectors, np.asarray(ds["category"].values, dtype=object)[rows]
 
 
 def residual_rows(vectors: np.ndarray) -> np.ndarray:

@@ -212,7 +212,8 @@ def main(argv=None) -> int:
         own = [c["own"] for c in clusters if c["own"] is not None]
         print(f"{kind}: cosine with own planted direction {np.round(own, 2).tolist()}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"store": store, "sweep": rows, "chosen": chosen, "vectors": cosines},
+    Path(args.out).write_text(json.dumps({"store": store, "sweep": rows, "chosen": chosen, "score": score,
+                                          "vectors": cosines},
                                          indent=2, default=str))
     print(f"wrote {args.out}")
     return 0
