@@ -58,7 +58,9 @@ def test_fragments_show_tables_effects_and_the_verdict_hook():
     assert "| cluster 0 |" in md and "0.95 → 0.10" in md and "| none |" in md
     assert "Verdict: not given" in md
     with_verdict = recovery_section(labels, TYPES, verdict={"summary": "three directions <b>", "n_directions": 3})
-    assert "Verdict (3 directions): three directions" in recovery_markdown(with_verdict)
+    assert "Verdict (3 supported directions): three directions" in recovery_markdown(with_verdict)
+    one = recovery_section(labels, TYPES, verdict={"summary": "inconclusive", "n_directions": 1})
+    assert "Verdict (1 supported direction): inconclusive" in recovery_markdown(one)
     page = recovery_html(with_verdict)
     assert page.startswith("<section id='recovery'>") and "&lt;b&gt;" in page and "<b>" not in page
     assert "<table>" in recovery_html(section) and "0.95 → 0.10" in recovery_html(section)

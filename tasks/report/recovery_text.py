@@ -72,7 +72,10 @@ def _summary(section: dict) -> list[str]:
                      f"(evaluation.cluster_vector = {vector}); its controls are built the same way.")
     verdict = section["verdict"]
     if verdict is not None:
-        counted = f" ({verdict['n_directions']} directions)" if verdict.get("n_directions") is not None else ""
+        # The count is of supported clusters, which an inconclusive verdict has too ("1 supported
+        # direction: inconclusive"), so it is named as such rather than as the verdict's count.
+        n = verdict.get("n_directions")
+        counted = "" if n is None else f" ({n} supported direction{'' if n == 1 else 's'})"
         lines.append(f"Verdict{counted}: {verdict.get('summary', verdict)}")
         lines += _supported_line(section.get("supported"))
     else:
