@@ -84,8 +84,7 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     directions with the representation benchmarks/bench_recovery_representation.py picks on the
     validation prompts (organism-validation: never trained on, not held out), K = 8 steps of 0.1
     at layer 18, and cluster them with the setting benchmarks/bench_recovery_verdict_rule.py's rule
-    picks on the same prompts: 8 PCA dimensions, HDBSCAN's min_cluster_size and min_samples at the
-    atlas defaults."""
+    picks on the same prompts: 16 PCA dimensions, min_cluster_size 8, min_samples 3."""
     import copy
     import json
 
@@ -95,7 +94,7 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     for raw in (demo, recovery):
         assert AtlasSettings.model_validate(raw).evaluation.cluster_vector == "diff_in_means"
         clustering = {k: v for k, v in raw["clustering"].items() if k != "null_sets"}
-        assert clustering == {"pca_dim": 8}
+        assert clustering == {"pca_dim": 16, "min_cluster_size": 8, "min_samples": 3}
         assert raw["directions"] == {"layers": [18], "steps": 8, "eta": 0.1}
     assert not AtlasSettings.model_validate(demo).evaluation.controls_bypass
     scaled = copy.deepcopy(demo)
