@@ -76,11 +76,10 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     """deployments/demo.json (what `make demo` runs) and deployments/recovery.json (the recovery
     benchmark's) must load as AtlasSettings and differ only where the demo saves time: the
     recovery benchmark reads every held-out planted prompt, 10 held-out prompts a cluster for
-    specificity, and draws 200 structureless sets and bootstraps (p in steps of 1/201: at 20 the
-    verdict's "beyond the null" turned on a single draw); the demo reads 75, 5, and keeps the
-    default 20. Both score the size-matched subsets by bypass too (criterion 4's null for bypass;
-    scored by induce only, no organism cluster can pass it, and the demo's verdict was
-    inconclusive by construction until stop 38). Both evaluate each cluster
+    specificity, scores the size-matched subsets by bypass too (criterion 4's null for
+    bypass), and draws 200 structureless sets and bootstraps (p in steps of 1/201: at 20 the
+    verdict's "beyond the null" turned on a single draw); the demo reads 75, 5, scores them by
+    induce only, and keeps the default 20. Both evaluate each cluster
     through its difference in means (chosen on the organism's training prompts), and compute
     directions with the representation benchmarks/bench_recovery_representation.py picks on the
     validation prompts (organism-validation: never trained on, not held out), K = 8 steps of 0.1
@@ -97,10 +96,10 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
         clustering = {k: v for k, v in raw["clustering"].items() if k != "null_sets"}
         assert clustering == {"pca_dim": 16, "min_cluster_size": 8, "min_samples": 3}
         assert raw["directions"] == {"layers": [18], "steps": 8, "eta": 0.1}
-    assert AtlasSettings.model_validate(demo).evaluation.controls_bypass
+    assert not AtlasSettings.model_validate(demo).evaluation.controls_bypass
     scaled = copy.deepcopy(demo)
     scaled["prompts"][0] = "organism-planted"
-    scaled["evaluation"] |= {"n_specificity": 10}
+    scaled["evaluation"] |= {"n_specificity": 10, "controls_bypass": True}
     scaled["clustering"] |= {"null_sets": 200}
     assert scaled == recovery
 
