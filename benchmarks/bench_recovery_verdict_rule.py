@@ -51,7 +51,8 @@ FIELDS = ("pca_dim", "min_cluster_size", "min_samples")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", required=True, help="bench_recovery_settings.py's JSON on the validation prompts.")
-    p.add_argument("--store", required=True, help="A validation store written by bench_recovery.py (one clustering run).")
+    p.add_argument("--store", required=True,
+                   help="A validation store written by bench_recovery.py (one clustering run).")
     p.add_argument("--within", type=float, default=0.01, help="Candidates: sweep score within this of the best.")
     p.add_argument("--near", type=int, default=150, help="Subset sizes the sweep score averages over (at least this).")
     p.add_argument("--sets", type=int, default=200, help="Null-model sets and stability bootstraps per candidate.")
@@ -86,19 +87,18 @@ def verdict_side(directions, categories, settings, space: str, n_sets: int) -> d
     """One candidate's clustering of the rows with the verdict's null and stability tests."""
     from refusal_atlas.tasks.clustering.null_model import cluster_rows, null_model
     from refusal_atlas.tasks.clustering.stability import bootstrap_stability
-    from refusal_atlas.tasks.report.recovery import confusion, majority_types
+    from refusal_atlas.tasks.report.recovery import confusion, supported_types
 
     observed = cluster_rows(directions, settings, space)
-    majority = majority_types(confusion(observed.labels, categories))
-    types = [majority.get(k) for k in range(observed.n_clusters)]
+    table = confusion(observed.labels, categories)
+    # Every cluster counted as if supported: one per planted type means none shared, none missing.
+    types = supported_types(table, range(observed.n_clusters), table["types"])
     null = null_model(directions, settings, space, n_null=n_sets, observed=observed)
     stability = bootstrap_stability(directions, observed.labels, settings, space, n_bootstraps=n_sets)
-    planted = sorted({c for c in categories if c})
-    one_per_type = observed.n_clusters == len(planted) and sorted(t or "" for t in types) == planted
-    return {"labels": observed.labels, "clusters": observed.n_clusters, "types": types,
+    return {"labels": observed.labels, "clusters": observed.n_clusters, "types": types["majority_types"],
             "p": [round(float(v), 3) for v in null.p_persistence],
             "jaccard": [round(float(v), 3) for v in stability.median],
-            "passes": bool(one_per_type and null.clusters_beyond_null().all() and stability.stable.all())}
+            "passes": bool(types["one_per_type"] and null.clusters_beyond_null().all() and stability.stable.all())}
 
 
 def main(argv=None) -> int:
@@ -115,7 +115,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.store} holds {len(runs)} clustering runs; this script reads stores with one.")
     clustering, directions, _, categories = clustered_rows(store, runs[0])
     base, space = clustering.comparison.settings, clustering.comparison.chosen
-    print(f"{len(listed)} candidates within {args.within} of the best sweep score; {directions.shape[0]} discovery rows\n")
+    print(f"{len(listed)} candidates within {args.within} of the best sweep score; "
+          f"{directions.shape[0]} discovery rows\n")
     print("| pca_dim | min_cluster_size | min_samples | score | worst draw | changed | clusters | p (null) "
           "| median Jaccard | passes | same partition as |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
