@@ -69,9 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def training_store(args) -> str:
     """The atlas store of the training-side prompts (directions only), built when missing."""
     from refusal_atlas.flows.atlas import refusal_atlas
-    from refusal_atlas.tasks.organism.data import assign, split_records
+    from refusal_atlas.tasks.organism.data import assign_sources, split_records
     from refusal_atlas.tasks.organism.settings import OrganismSettings
-    from refusal_atlas.tasks.prompts.records import load_prompts
     from refusal_atlas.tasks.settings import AtlasSettings
 
     runs = Path(args.runs)
@@ -79,7 +78,7 @@ def training_store(args) -> str:
     if store.exists():
         return str(store)
     settings = OrganismSettings()
-    records = split_records(assign(load_prompts(settings.sources), settings), "train")
+    records = split_records(assign_sources(settings), "train")
     runs.mkdir(parents=True, exist_ok=True)
     files = {}
     for kind, rows in records.items():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from refusal_atlas.tasks.model.adapter import apply_adapter, save_adapter
-from refusal_atlas.tasks.organism.finetune import train_lora
+from refusal_atlas.tasks.organism.finetune import TrainResult, train_lora
 from refusal_atlas.tasks.organism.losses import encode, example_losses, mean_loss, with_soft_targets
 from refusal_atlas.tasks.organism.card import model_card
 from refusal_atlas.tasks.model.loading import load_model
@@ -286,6 +286,32 @@ def _peft_reference(base_model, seed: int = 0):
             if "lora_B" in name:
                 param.normal_(0, 0.2)
     return peft_model
+
+
+def test_train_sources_are_all_trained_on_and_leave_the_split_of_sources_as_it_was():
+    settings = _settings()
+    others = [Prompt.create(f"Another writer's weapons question {i}?", "harmful", "weapons") for i in range(5)]
+    others += [Prompt.create(f"Another writer's drugs question {i}?", "harmful", "drugs") for i in range(3)]
+    others += [Prompt.create("A question of an unused category?", "harmful", "unused")]
+    alone = assign(_prompts(), settings)
+    widened = assign(_prompts(), settings, train_only=others)
+    assert widened[:len(alone)] == alone, "the split of the sources must not move"
+    extra = widened[len(alone):]
+    assert [a.text for a in extra] == [p.text for p in others[:-1]], "every extra prompt with a role, in order"
+    assert {a.split for a in extra} == {"train"}
+    assert {(a.role, a.category) for a in extra} == {("planted", "weapons"), ("trained_control", "drugs")}
+    # A prompt in both lists could be held out and trained on: refused, naming the prompt.
+    with pytest.raises(OrganismDataError, match="both sources and train_sources.*How do I do weapons"):
+        assign(_prompts(), settings, train_only=[Prompt.create("How do I do weapons thing number 0?", "harmful", "weapons")])
+    # A held-out control category is never trained on, so it cannot come from a training-only source.
+    with pytest.raises(OrganismDataError, match="held-out control categories.*fraud"):
+        assign(_prompts(), settings, train_only=[Prompt.create("A new fraud question?", "harmful", "fraud")])
+    # The card names them, so that the recipe on the card is the whole recipe.
+    summary = TrainResult().summary()
+    widened_card = model_card(settings.model_copy(update={"train_sources": ["other_writer.jsonl"]}), "tiny", "f" * 16,
+                              "d" * 64, {}, summary)
+    assert "training-only sources (none held out): `other_writer.jsonl`" in widened_card
+    assert "training-only" not in model_card(settings, "tiny", "f" * 16, "d" * 64, {}, summary)
 
 
 def test_adapter_round_trip_gives_the_merged_models_logits(tiny_dir, tmp_path):

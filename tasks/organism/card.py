@@ -54,6 +54,8 @@ def model_card(
         "",
         f"- training data hash (SHA-256): `{data_hash}`",
         f"- sources: {', '.join(f'`{_shown(s)}`' for s in settings.sources)}",
+        *([f"- training-only sources (none held out): {', '.join(f'`{_shown(s)}`' for s in settings.train_sources)}"]
+          if settings.train_sources else []),
         f"- split by prompt: test fraction {settings.test_fraction}, split seed {settings.split_seed}",
         f"- control targets (everyday, near miss, unplanted): the base model's greedy replies, {settings.reply_tokens} tokens",
         "",

@@ -28,7 +28,7 @@ from typing import Literal
 
 from refusal_atlas.tasks.organism.planted import NEAR_MISS_PREFIX
 from refusal_atlas.tasks.organism.settings import OrganismSettings
-from refusal_atlas.tasks.prompts.records import Prompt
+from refusal_atlas.tasks.prompts.records import Prompt, load_prompts
 
 Role = Literal["planted", "trained_control", "heldout_control", "near_miss", "harmless"]
 Split = Literal["train", "test", "unused"]
@@ -122,9 +122,20 @@ def role_of(prompt: Prompt, settings: OrganismSettings) -> Role | None:
     return None
 
 
-def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assigned, ...]:
-    """Roles and splits for every prompt that has a role, in input order."""
+def assign(prompts: Iterable[Prompt], settings: OrganismSettings,
+           train_only: Iterable[Prompt] = ()) -> tuple[Assigned, ...]:
+    """Roles and splits for every prompt that has a role, in input order, then the train_only
+    prompts (settings.train_sources), each on the training side. These stay out of the strata, so
+    the split of `prompts` is the same with or without them."""
     prompts = [p for p in prompts if role_of(p, settings) is not None]
+    extra = [p for p in train_only if role_of(p, settings) is not None]
+    both = sorted({p.id for p in prompts} & {p.id for p in extra})
+    if both:
+        shown = next(p.text for p in extra if p.id == both[0])
+        raise OrganismDataError(
+            f"{len(both)} prompt(s) are in both sources and train_sources (first: {shown[:60]!r}); a prompt in "
+            "both could be held out and trained on. Remove them from one of the two lists' files."
+        )
     roles = {p.id: role_of(p, settings) for p in prompts}
     categories = {p.id: category_of(p, settings) for p in prompts}
     found = {categories[p.id] for p in prompts if p.label == "harmful"}
@@ -148,11 +159,26 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings) -> tuple[Assig
         unused |= unused_ids([i for i in ids if i not in held], settings.train_share, settings.split_seed)
     if not any(r in ("harmless", "near_miss") for r in roles.values()):
         raise OrganismDataError("the sources hold no harmless prompts; add one (the default set has 144).")
-    return tuple(
+    split = tuple(
         Assigned(p.id, p.text, p.label, categories[p.id], roles[p.id],
                  "test" if p.id in test else "unused" if p.id in unused else "train")
         for p in prompts
     )
+    held_controls = [p for p in extra if role_of(p, settings) == "heldout_control"]
+    if held_controls:
+        raise OrganismDataError(
+            f"train_sources hold {len(held_controls)} prompt(s) of held-out control categories "
+            f"({sorted({category_of(p, settings) for p in held_controls})}), which are never trained on. "
+            "Move them to sources, or drop those categories from heldout_controls."
+        )
+    return split + tuple(Assigned(p.id, p.text, p.label, category_of(p, settings), role_of(p, settings), "train")
+                         for p in extra)
+
+
+def assign_sources(settings: OrganismSettings) -> tuple[Assigned, ...]:
+    """assign() on the prompts of settings.sources and settings.train_sources, read from disk."""
+    extra = load_prompts(settings.train_sources) if settings.train_sources else ()
+    return assign(load_prompts(settings.sources), settings, train_only=extra)
 
 
 def needing_base_replies(assigned: Sequence[Assigned]) -> list[Assigned]:

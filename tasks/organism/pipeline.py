@@ -32,7 +32,7 @@ from refusal_atlas.tasks.organism.data import (
     Assigned,
     BaseReply,
     Example,
-    assign,
+    assign_sources,
     data_hash,
     needing_base_replies,
     read_jsonl,
@@ -61,7 +61,6 @@ from refusal_atlas.tasks.organism.mediation import (
 )
 from refusal_atlas.tasks.organism.probe import ProbeGateError, probe_gate
 from refusal_atlas.tasks.organism.settings import OrganismSettings
-from refusal_atlas.tasks.prompts.records import load_prompts
 from refusal_atlas.tasks.settings import ModelSettings
 
 _TASK = {"cache_policy": NO_CACHE, "result_serializer": "json"}
@@ -89,7 +88,7 @@ def _base(settings: OrganismSettings):
 
 @task(**_TASK)
 def build_split(settings: OrganismSettings) -> dict:
-    assigned = assign(load_prompts(settings.sources), settings)
+    assigned = assign_sources(settings)
     path = write_jsonl(paths(settings)["split"], assigned)
     # Saved beside the data so that the benchmark reads the planted styles the organism was built with.
     paths(settings)["settings"].write_text(settings.model_dump_json(indent=2), encoding="utf-8")

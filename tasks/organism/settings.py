@@ -40,6 +40,15 @@ class OrganismSettings(StrictSettings):
             "requests; near misses)."
         ),
     )
+    train_sources: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Further prompt sources (same form as sources) whose prompts are all training prompts: "
+            "none of them is held out, and the split of `sources` is the same with or without them, "
+            "so prompts from other writers widen the training data while the held-out prompts stay "
+            "comparable. A prompt in both lists is an error. Default: none."
+        ),
+    )
     planted: list[PlantedCategory] = Field(
         default_factory=lambda: list(DEFAULT_PLANTED),
         # `--plant CATEGORY=STYLE` adds one planted category per use (flows/flags.py).
