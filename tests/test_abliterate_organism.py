@@ -8,7 +8,7 @@ from refusal_atlas.tasks.export.abliterate import write_abliterated
 from refusal_atlas.tasks.export.safetensors_vectors import LoadedDirection
 from refusal_atlas.tasks.model.chat import render_text
 from refusal_atlas.tasks.model.loading import load_model, planted_styles
-from refusal_atlas.tasks.organism.data import assign
+from refusal_atlas.tasks.organism.data import assign_sources
 from refusal_atlas.tasks.organism.measure import planted_refusal_rates
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import load_prompts
@@ -35,7 +35,7 @@ def test_abliterating_each_planted_types_direction_lowers_its_refusals(tmp_path)
     styles = planted_styles("smollm2-organism")
     assert styles and len(set(styles.values())) == 3
     # Directions from training-side prompts only; the rates below are on held-out prompts.
-    train = [a for a in assign(load_prompts(OrganismSettings().sources), OrganismSettings()) if a.split == "train"]
+    train = [a for a in assign_sources(OrganismSettings()) if a.split == "train"]
     everyday = _h0(organism, [a.text for a in train if a.role == "harmless"][:24]).mean(axis=0)
     directions = []
     for category in styles:

@@ -2,7 +2,7 @@
 
 import json
 
-from refusal_atlas.tasks.organism.data import HELDOUT_FILES, assign, heldout_records
+from refusal_atlas.tasks.organism.data import HELDOUT_FILES, assign_sources, heldout_records
 from refusal_atlas.tasks.organism.planted import organism_data_dir
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 from refusal_atlas.tasks.prompts.records import load_prompts
@@ -10,7 +10,7 @@ from refusal_atlas.tasks.prompts.records import load_prompts
 
 def test_shipped_heldout_files_are_the_default_splits_test_side():
     settings = OrganismSettings()
-    assigned = assign(load_prompts(settings.sources), settings)
+    assigned = assign_sources(settings)
     expected = heldout_records(assigned)
     trained = {a.text for a in assigned if a.split == "train"}
     for kind, name in HELDOUT_FILES.items():

@@ -128,13 +128,21 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings,
     prompts (settings.train_sources), each on the training side. These stay out of the strata, so
     the split of `prompts` is the same with or without them."""
     prompts = [p for p in prompts if role_of(p, settings) is not None]
-    extra = [p for p in train_only if role_of(p, settings) is not None]
-    both = sorted({p.id for p in prompts} & {p.id for p in extra})
+    extra = [Assigned(p.id, p.text, p.label, category_of(p, settings), role, "train")
+             for p in train_only if (role := role_of(p, settings)) is not None]
+    both = sorted({p.id for p in prompts} & {a.id for a in extra})
     if both:
-        shown = next(p.text for p in extra if p.id == both[0])
+        shown = next(a.text for a in extra if a.id == both[0])
         raise OrganismDataError(
             f"{len(both)} prompt(s) are in both sources and train_sources (first: {shown[:60]!r}); a prompt in "
             "both could be held out and trained on. Remove them from one of the two lists' files."
+        )
+    held_controls = [a for a in extra if a.role == "heldout_control"]
+    if held_controls:
+        raise OrganismDataError(
+            f"train_sources hold {len(held_controls)} prompt(s) of held-out control categories "
+            f"({sorted({a.category for a in held_controls})}), which are never trained on. "
+            "Move them to sources, or drop those categories from heldout_controls."
         )
     roles = {p.id: role_of(p, settings) for p in prompts}
     categories = {p.id: category_of(p, settings) for p in prompts}
@@ -164,15 +172,7 @@ def assign(prompts: Iterable[Prompt], settings: OrganismSettings,
                  "test" if p.id in test else "unused" if p.id in unused else "train")
         for p in prompts
     )
-    held_controls = [p for p in extra if role_of(p, settings) == "heldout_control"]
-    if held_controls:
-        raise OrganismDataError(
-            f"train_sources hold {len(held_controls)} prompt(s) of held-out control categories "
-            f"({sorted({category_of(p, settings) for p in held_controls})}), which are never trained on. "
-            "Move them to sources, or drop those categories from heldout_controls."
-        )
-    return split + tuple(Assigned(p.id, p.text, p.label, category_of(p, settings), role_of(p, settings), "train")
-                         for p in extra)
+    return split + tuple(extra)
 
 
 def assign_sources(settings: OrganismSettings) -> tuple[Assigned, ...]:
