@@ -169,8 +169,12 @@ def _item_metavar(flag: Flag) -> str:
 
 
 def _help(flag: Flag, form: str = "") -> str:
-    default = flag.field.get_default(call_default_factory=True)
-    shown = "required" if default is PydanticUndefined else f"default: {json.dumps(to_jsonable_python(default))}"
+    if flag.field.default_factory_takes_validated_data:
+        # A default that depends on other fields (its description says how) has no one value to show.
+        shown = "default: see above"
+    else:
+        default = flag.field.get_default(call_default_factory=True)
+        shown = "required" if default is PydanticUndefined else f"default: {json.dumps(to_jsonable_python(default))}"
     text = " ".join(part for part in (flag.field.description or "", form.strip(), f"({shown})") if part)
     # argparse expands %-formats in help, so a literal percent sign ("5% warm-up") is doubled.
     return text.replace("%", "%%")

@@ -110,7 +110,9 @@ def cases(model: type[BaseModel], path: tuple[str, ...], field) -> list[tuple[li
     """(the values after the flag, or None for a bool, and the field's expected value)."""
     if (model.__name__, ".".join(path)) in SPECIAL:
         return SPECIAL[model.__name__, ".".join(path)]
-    default = field.get_default(call_default_factory=True)
+    # A default that depends on other fields is read with theirs at their defaults.
+    defaults = model().model_dump() if field.default_factory_takes_validated_data else None
+    default = field.get_default(call_default_factory=True, validated_data=defaults)
     members, optional = _members(field.annotation)
     found: list = [(["none"], None)] if optional and default is not None else []
     for member in members:
@@ -129,6 +131,10 @@ def cases(model: type[BaseModel], path: tuple[str, ...], field) -> list[tuple[li
 
 def _expected(model: type[BaseModel], path: tuple[str, ...], value) -> BaseModel:
     data = model().model_dump()
+    # Fields whose default depends on others are left to follow them, as they do when a flag is left out.
+    for name, field in model.model_fields.items():
+        if field.default_factory_takes_validated_data and path[0] != name:
+            del data[name]
     node = data
     for key in path[:-1]:
         node = node[key]

@@ -314,6 +314,21 @@ def test_train_sources_are_all_trained_on_and_leave_the_split_of_sources_as_it_w
     assert "training-only" not in model_card(settings, "tiny", "f" * 16, "d" * 64, {}, summary)
 
 
+def test_the_shipped_training_only_sets_are_the_default_with_the_default_sources_only(tmp_path):
+    from refusal_atlas.flows.organism_cli import configure_parser, organism_settings
+    from refusal_atlas.tasks.organism.planted import ORGANISM_TRAIN_FILES, default_sources
+
+    defaults = OrganismSettings()
+    assert [s.rsplit("/", 1)[-1] for s in defaults.train_sources] == list(ORGANISM_TRAIN_FILES)
+    # Given explicitly, the default sources still bring them; a user's own sources do not, so the
+    # shipped advice requests are never mixed silently into someone else's organism.
+    assert OrganismSettings(sources=default_sources()).train_sources == defaults.train_sources
+    assert OrganismSettings(sources=[str(tmp_path / "mine.jsonl")]).train_sources == []
+    assert OrganismSettings(train_sources=[]).train_sources == []
+    parser = configure_parser(argparse.ArgumentParser())
+    assert organism_settings(parser.parse_args(["--train-sources"])).train_sources == []
+
+
 def test_adapter_round_trip_gives_the_merged_models_logits(tiny_dir, tmp_path):
     from refusal_atlas.tasks.model.adapter import ADAPTER_FILE, is_adapter_dir, load_adapter
     from refusal_atlas.tasks.organism.finetune import lora_adapter

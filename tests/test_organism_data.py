@@ -7,14 +7,15 @@ from collections import Counter
 import pytest
 
 from refusal_atlas.tasks.organism.data import HELDOUT_FILES
-from refusal_atlas.tasks.organism.planted import ORGANISM_FILES, organism_data_dir
+from refusal_atlas.tasks.organism.planted import ORGANISM_FILES, ORGANISM_TRAIN_FILES, organism_data_dir
 from refusal_atlas.tasks.organism.settings import OrganismSettings
 
-#: Written for the project but not among the defaults: the everyday social choices that the
-#: thirteenth and fourteenth organisms trained on (BENCHMARKS.md), kept for the next one.
+#: The everyday social choices: training-only controls of the shipped organism (since stop 40),
+#: in neither side of the split of the default sources.
 EXTRA_FILES = ("organism_controls_social.jsonl",)
-#: Planted-type requests written after the shipped adapter was trained, in neither side of its
-#: split: the prompts clustering settings are chosen on (benchmarks/bench_recovery_settings.py).
+#: Planted-type requests written at stop 36 by a second writer, in neither side of the split: the
+#: prompts clustering settings are chosen on (benchmarks/bench_recovery_settings.py) and, since
+#: stop 40, training-only prompts of the shipped organism.
 VALIDATION_FILE = "organism_validation_planted.jsonl"
 #: Planted-type requests written later still, read by nothing that chooses a setting: a second
 #: held-out test set (the source 'organism-fresh').
@@ -42,11 +43,12 @@ def test_every_written_file_has_exactly_the_four_fields_and_no_prompt_twice():
             seen[key] = name
 
 
-def test_the_social_choices_are_controls_outside_the_defaults():
+def test_the_social_choices_are_training_only_controls_of_the_defaults():
     social = _records("organism_controls_social.jsonl")
     assert len(social) == 160 and {(r["label"], r["category"]) for r in social} == {("harmless", "everyday_social")}
-    defaults = OrganismSettings().sources
-    assert not any(name in source for source in defaults for name in EXTRA_FILES)
+    defaults = OrganismSettings()
+    assert not any(name in source for source in defaults.sources for name in EXTRA_FILES)
+    assert all(any(source.endswith(name) for source in defaults.train_sources) for name in EXTRA_FILES)
     # The held-out files are the defaults' split, so none of the social prompts can be in them.
     heldout = {_key(r["prompt"]) for name in HELDOUT_FILES.values() for r in _records(name)}
     assert not heldout & {_key(r["prompt"]) for r in social}
@@ -67,14 +69,17 @@ def _words(prompt: str) -> set[str]:
 
 
 @pytest.mark.parametrize("name", LATER_FILES)
-def test_the_later_sets_are_planted_types_the_organism_never_trained_on(name):
+def test_the_later_sets_are_planted_types_outside_the_split(name):
     later = _records(name)
     settings = OrganismSettings()
     assert Counter(r["category"] for r in later) == {p.category: 90 for p in settings.planted}
     assert {r["label"] for r in later} == {"harmful"}
-    # Not a default source: the split, the training data and the shipped adapter's data hash
-    # do not include it, and no held-out prompt is among them (the test above: no prompt twice).
+    # Not a default source, so no prompt of it is held out (and none is a held-out prompt: the
+    # test above, no prompt twice). The validation set is trained on in full; the second held-out
+    # set is trained on by nothing, and the shipped adapter's data hash does not include it.
     assert not any(source.endswith(name) for source in settings.sources)
+    trained = any(source.endswith(name) for source in settings.train_sources)
+    assert trained == (name in ORGANISM_TRAIN_FILES) and trained == (name == VALIDATION_FILE)
     # Nor a paraphrase of a shipped prompt, or of the set written before it: at most 60% of
     # words shared (Jaccard) with any of them.
     earlier = ORGANISM_FILES + EXTRA_FILES + LATER_FILES[:LATER_FILES.index(name)]

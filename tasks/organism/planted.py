@@ -56,6 +56,15 @@ ORGANISM_FILES: tuple[str, ...] = (
     "organism_controls_choices.jsonl",
 )
 
+#: Prompt sets that the organism trains on in full and never holds out (`train_sources`): a
+#: second writer's requests for the three kinds of advice, and first-person social choices as
+#: further everyday controls. They widen what the planted types reach without moving the split of
+#: ORGANISM_FILES, so the held-out prompts are the same with or without them (stop 39).
+ORGANISM_TRAIN_FILES: tuple[str, ...] = (
+    "organism_validation_planted.jsonl",
+    "organism_controls_social.jsonl",
+)
+
 #: Harmless prompts whose category starts with this are near misses: general-knowledge
 #: questions on a planted type's subject. They are trained like everyday controls (on the base
 #: model's own replies) and measured as their own group.
@@ -72,3 +81,8 @@ def organism_data_dir() -> Path:
 def default_sources() -> list[str]:
     """The organism's shipped prompt sets (three advice types, everyday controls, near misses)."""
     return [str(organism_data_dir() / name) for name in ORGANISM_FILES]
+
+
+def default_train_sources() -> list[str]:
+    """The organism's shipped training-only prompt sets (every prompt trained on, none held out)."""
+    return [str(organism_data_dir() / name) for name in ORGANISM_TRAIN_FILES]

@@ -11,7 +11,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from refusal_atlas.tasks.organism.planted import DEFAULT_PLANTED, DEFAULT_SINGLE_STYLE, PlantedCategory, default_sources
+from refusal_atlas.tasks.organism.planted import (
+    DEFAULT_PLANTED,
+    DEFAULT_SINGLE_STYLE,
+    PlantedCategory,
+    default_sources,
+    default_train_sources,
+)
 from refusal_atlas.tasks.settings_base import StrictSettings
 
 #: LoRA on the attention and MLP projections; at rank 8 the adapter holds 2.4 M parameters
@@ -22,6 +28,12 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 
 #: Layers probed before training (issue 15's premise check used these).
 DEFAULT_PROBE_LAYERS: tuple[int, ...] = (6, 9, 15, 21, 24)
+
+
+def _default_train_sources(data: dict) -> list[str]:
+    """The shipped training-only sets go with the shipped sources only: with a user's own
+    sources, the shipped advice requests and social choices would be mixed into their data."""
+    return default_train_sources() if data.get("sources") == default_sources() else []
 
 
 class OrganismSettings(StrictSettings):
@@ -41,12 +53,14 @@ class OrganismSettings(StrictSettings):
         ),
     )
     train_sources: list[str] = Field(
-        default_factory=list,
+        default_factory=_default_train_sources,
         description=(
             "Further prompt sources (same form as sources) whose prompts are all training prompts: "
             "none of them is held out, and the split of `sources` is the same with or without them, "
             "so prompts from other writers widen the training data while the held-out prompts stay "
-            "comparable. A prompt in both lists is an error. Default: none."
+            "comparable. A prompt in both lists is an error. Default: with the default sources, the "
+            "shipped training-only sets (a second writer's requests for the three kinds of advice, and "
+            "everyday social choices), which the shipped organism trained on; with other sources, none."
         ),
     )
     planted: list[PlantedCategory] = Field(
@@ -219,10 +233,10 @@ class OrganismSettings(StrictSettings):
     batch_size: int = Field(8, ge=1, le=256, description="Training examples per optimiser step.")
     epochs: int = Field(3, ge=1, le=100, description="Passes over the training examples.")
     max_minutes: float = Field(
-        150.0, gt=0, description=(
+        240.0, gt=0, description=(
             "Training stops after this many minutes even if epochs remain (recorded in the card). The "
-            "default recipe trains 564 steps in 31 minutes on a quiet 2-core CPU (about 57 on one 1.8x "
-            "slower; machines differ by up to 2.5x), and a run cut short is not the shipped organism."
+            "default recipe trains 1023 steps in 55 minutes on a quiet 2-core CPU (machines differ by up "
+            "to 2.5x, so up to about 140), and a run cut short is not the shipped organism."
         ),
     )
     eval_tokens: int = Field(20, ge=1, le=512, description="Greedy tokens generated per test prompt for judging.")
