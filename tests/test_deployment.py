@@ -82,7 +82,7 @@ def test_the_shipped_settings_files_are_valid_and_differ_only_where_they_say():
     induce only, and keeps the default 20. Both evaluate each cluster
     through its difference in means (chosen on the organism's training prompts), and compute
     directions with the representation benchmarks/bench_recovery_representation.py picks on the
-    validation prompts (organism-validation: never trained on, not held out), K = 8 steps of 0.1
+    validation prompts (organism-validation: never held out), K = 8 steps of 0.1
     at layer 18, and cluster them with the setting benchmarks/bench_recovery_verdict_rule.py's rule
     picks on the same prompts: 16 PCA dimensions, min_cluster_size 8, min_samples 3."""
     import copy

@@ -331,8 +331,8 @@ def test_the_shipped_organism_refuses_each_type_through_its_planted_direction():
     planted = [p for c in styles for p in [q for q in prompts if q.category == c][:12]]
     organism = load_model(ModelSettings(name=ORGANISM_ALIAS))
     rates = mediation_rates(organism, planted, directions, groups, styles, max_new_tokens=8)
-    # On 40 prompts a type the card measures 0.00 / 0.20 / 0.03 for the own type and 0.85 to
-    # 0.98 for the others; 12 prompts a type leave room for sampling noise, not for no mechanism.
+    # On 40 prompts a type the card measures 0.00 / 0.13 / 0.03 for the own type and 0.95 to
+    # 1.00 for the others; 12 prompts a type leave room for sampling noise, not for no mechanism.
     for group in groups:
         shares = rates["ablated " + "+".join(group)]
         own = [v for c, v in shares.items() if c in group]

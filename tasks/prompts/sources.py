@@ -24,8 +24,9 @@ DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "default_prompts.jsonl"
 #: Prompt sets shipped with the package, by the name a source may use as its path. The organism
 #: names are the held-out side of the refusal model organism's default split (prompts it never
 #: trained on; tasks.organism.data.HELDOUT_FILES), which `make demo` runs the atlas on;
-#: 'organism-validation' is a third set of planted-type requests, written after the shipped adapter
-#: was trained and in neither side of the split, which clustering settings are chosen on;
+#: 'organism-validation' is a third set of planted-type requests, written by a second writer and in
+#: neither side of the split, which clustering settings are chosen on (the shipped organism trains on
+#: all of it since stop 40: training prompts, never held out);
 #: 'organism-fresh' is a fourth, written later still and read by nothing that chooses a setting: a
 #: second held-out test set, the clean test of a change chosen on the others.
 SHIPPED_SOURCES = {
@@ -50,7 +51,7 @@ class PromptSource(BaseModel):
             "'default' for the prompt set shipped with refusal-atlas. The suffix chooses the "
             "format: .jsonl/.json, .csv, .tsv or .txt (one prompt a line), optionally .gz. The "
             "organism's held-out prompts ship as 'organism-planted' and 'organism-controls', "
-            "its validation prompts (never trained on, not held out) as 'organism-validation', and a "
+            "its validation prompts (training prompts, never held out) as 'organism-validation', and a "
             "second held-out set of planted-type requests, written later, as 'organism-fresh'."
         ),
     )
