@@ -7,8 +7,10 @@
    shipped held-out files are the test side of: tasks.organism.data.split_records) and runs the
    atlas on them (directions at layer 18, no evaluation) into a store under runs/. With --planted,
    the planted prompts are that source instead (the training side's controls stay): the shipped
-   `organism-validation` set was written after the shipped adapter was trained, so the organism
-   never saw it, and it is not the test side. That is what the choice should be made on: the
+   `organism-validation` set was written after the nineteenth adapter was trained, so that
+   organism never saw it, and it is not the test side (the adapter shipped since stop 40 trains on
+   it, so a sweep with that one reads training prompts; the deployed settings were chosen with the
+   nineteenth). That is what the choice should be made on: the
    organism was fine-tuned on its training prompts, and their directions are cleaner than an
    unseen prompt's (bench_recovery_sensitivity.py), so a sweep on them can favour settings that
    need clean data.

@@ -11,7 +11,8 @@ The settings sweep (bench_recovery_settings.py) scores each clustering setting b
 over random subsets, and many settings tie: at stop 37 sixteen were within 0.01 of the best. Its
 pick (min_cluster_size 3) then lost a planted type to the clustering null on the validation prompts
 and on the held-out split alike. This script is the rule that replaced it at stop 38, written down
-before it ran; it reads only the validation prompts (never trained on, not held out):
+before it ran; it reads only the validation prompts (not held out; at stop 38 the organism had
+never trained on them, the one shipped since stop 40 does):
 
 1. Candidates: residual space, eom selection, settings whose sweep score (the mean of their median
    ARI at sizes of at least --near) is within --within of the best.
